@@ -1,0 +1,70 @@
+//! The command line: one file per subcommand, each a thin layer of parse → engine call → print.
+
+mod bench;
+mod convert;
+mod devices;
+mod generate;
+mod inspect;
+mod score;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
+use whetstone_engine::Device;
+
+#[derive(Parser, Debug)]
+#[command(name = "whetstone", version, about = "Turn an open language model into a domain specialist.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the compute devices this build can use.
+    Devices(devices::Args),
+    /// Describe a model: architecture, size, dtype, context, memory, chat template.
+    Inspect(inspect::Args),
+    /// Generate text from a prompt, streaming it as it comes.
+    Generate(generate::Args),
+    /// Per-token log-probabilities of a text, mean NLL and perplexity.
+    Score(score::Args),
+    /// Write any loaded model (HF folder or GGUF) as an HF folder.
+    Convert(convert::Args),
+    /// Measure speed (see docs/benchmarks.md).
+    Bench(bench::Args),
+}
+
+/// Options shared by commands that load a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// An HF model folder or a .gguf file.
+    pub model: PathBuf,
+    /// cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    pub fn device(&self) -> Result<Device> {
+        whetstone_engine::device::parse_device(&self.device)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => {
+            // The workbench GUI opens here once it lands; until then, show what the CLI offers.
+            Cli::command().print_help()?;
+            println!();
+            Ok(())
+        }
+        Some(Command::Devices(a)) => devices::run(a),
+        Some(Command::Inspect(a)) => inspect::run(a),
+        Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Score(a)) => score::run(a),
+        Some(Command::Convert(a)) => convert::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+    }
+}

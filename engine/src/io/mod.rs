@@ -1,0 +1,49 @@
+//! Reading and writing model files: HF folders (safetensors) and GGUF.
+
+pub mod gguf;
+pub mod safetensors;
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// A tensor on the host: row-major f32 values and a PyTorch-order shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+}
+
+/// Write `bytes` to `path` atomically: a temp file in the same folder, fsync, then rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot create a temp file", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("{}: fsync failed", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: rename failed", path.display()))?;
+    Ok(())
+}
+
+/// Pickle-based checkpoints can execute code when loaded; Whetstone never opens them.
+pub fn refuse_pickle(path: &Path) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let is_pickle = [".bin", ".pt", ".pth", ".ckpt", ".pkl"].iter().any(|e| name.ends_with(e));
+    if is_pickle {
+        anyhow::bail!(
+            "{}: pickle checkpoints can run arbitrary code when loaded, so Whetstone refuses them. \
+             Convert it to safetensors first, e.g. in Python: \
+             `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`",
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Whetstone engine: models, tokenisation, generation, data, training methods, jobs and
+//! evaluation. It knows nothing of the GUI; the `whetstone` app and its CLI drive it.
+
+pub mod device;
+pub mod generate;
+pub mod io;
+pub mod model;
+pub mod text;
+
+pub use burn::tensor::Device;

@@ -1,0 +1,259 @@
+//! The building blocks every architecture shares, written once: RMSNorm and LayerNorm, rotary
+//! position embedding (default, linear and Llama 3 scaling; Hugging Face's rotate-half layout),
+//! attention with grouped-query heads and a KV cache, and the SwiGLU / GELU MLPs.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Bool, Device, Tensor, TensorData, activation};
+
+use super::config::{ModelConfig, RopeScaling};
+use crate::io::HostTensor;
+
+/// A `[d_in, d_out]` linear layer from a PyTorch `[out, in]` weight (and optional bias).
+pub fn linear_from_host(w: &HostTensor, b: Option<&HostTensor>, device: &Device) -> Linear {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    let mut t = vec![0f32; w.data.len()];
+    // Transpose [out, in] -> [in, out] on the host (cache-friendly blocked copy).
+    const BS: usize = 64;
+    for ob in (0..out).step_by(BS) {
+        for ib in (0..inp).step_by(BS) {
+            for o in ob..(ob + BS).min(out) {
+                for i in ib..(ib + BS).min(inp) {
+                    t[i * out + o] = w.data[o * inp + i];
+                }
+            }
+        }
+    }
+    Linear {
+        weight: Param::from_tensor(Tensor::from_data(TensorData::new(t, [inp, out]), device)),
+        bias: b.map(|b| param1(b, device)),
+    }
+}
+
+/// The PyTorch `[out, in]` weight and bias of a linear layer, back on the host.
+pub fn linear_to_host(l: &Linear) -> (HostTensor, Option<HostTensor>) {
+    let w = l.weight.val();
+    let [inp, out] = w.dims();
+    let w = tensor_to_host(w.transpose());
+    debug_assert_eq!(w.shape, vec![out, inp]);
+    (w, l.bias.as_ref().map(|b| tensor_to_host(b.val())))
+}
+
+pub fn param1(t: &HostTensor, device: &Device) -> Param<Tensor<1>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(t.data.clone(), [t.data.len()]), device))
+}
+
+pub fn param2(t: &HostTensor, device: &Device) -> Param<Tensor<2>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), device))
+}
+
+pub fn tensor_to_host<const D: usize>(t: Tensor<D>) -> HostTensor {
+    let shape = t.dims().to_vec();
+    let data = t.into_data().convert::<f32>().into_vec::<f32>().expect("float tensor");
+    HostTensor::new(shape, data)
+}
+
+/// RMSNorm (Llama/Qwen) or LayerNorm (GPT-2), computed in f32.
+#[derive(Module, Debug)]
+pub struct Norm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub eps: f64,
+    pub rms: bool,
+}
+
+impl Norm {
+    pub fn from_host(w: &HostTensor, b: Option<&HostTensor>, eps: f64, rms: bool, device: &Device) -> Self {
+        Self { weight: param1(w, device), bias: b.map(|b| param1(b, device)), eps, rms }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let w = self.weight.val().unsqueeze::<D>();
+        let y = if self.rms {
+            let var = x.clone().square().mean_dim(D - 1);
+            x * (var + self.eps).sqrt().recip()
+        } else {
+            let mean = x.clone().mean_dim(D - 1);
+            let xc = x - mean;
+            let var = xc.clone().square().mean_dim(D - 1);
+            xc * (var + self.eps).sqrt().recip()
+        };
+        let y = y * w;
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
+        }
+    }
+}
+
+/// Rotary inverse frequencies, as transformers computes them (including Llama 3 scaling).
+pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let dim = cfg.head_dim;
+    let base = cfg.rope_theta;
+    let inv: Vec<f64> = (0..dim / 2)
+        .map(|i| {
+            // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in float32.
+            let e = ((2 * i) as f32 / dim as f32) as f64;
+            1.0 / (base as f32 as f64).powf(e)
+        })
+        .collect();
+    let inv = match &cfg.rope_scaling {
+        RopeScaling::Default => inv,
+        RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            let old = *original_max_position_embeddings;
+            let low_wl = old / low_freq_factor;
+            let high_wl = old / high_freq_factor;
+            inv.iter()
+                .map(|&f| {
+                    let wl = 2.0 * std::f64::consts::PI / f;
+                    if wl < high_wl {
+                        f
+                    } else if wl > low_wl {
+                        f / factor
+                    } else {
+                        let smooth = (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    };
+    inv.into_iter().map(|f| f as f32).collect()
+}
+
+/// cos/sin tables `[T, head_dim]` for positions `start..start+len` (rotate-half layout: the
+/// frequency table is repeated twice along the head dimension).
+pub fn rope_tables(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let half = inv_freq.len();
+    let dim = 2 * half;
+    let mut cos = vec![0f32; len * dim];
+    let mut sin = vec![0f32; len * dim];
+    for t in 0..len {
+        let p = (start + t) as f32;
+        for (i, f) in inv_freq.iter().enumerate() {
+            let a = (p * f) as f64; // product in f32 as transformers does, trig in f64 then rounded
+            let (s, c) = a.sin_cos();
+            cos[t * dim + i] = c as f32;
+            cos[t * dim + half + i] = c as f32;
+            sin[t * dim + i] = s as f32;
+            sin[t * dim + half + i] = s as f32;
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [len, dim]), device),
+        Tensor::from_data(TensorData::new(sin, [len, dim]), device),
+    )
+}
+
+/// Apply RoPE to `[B, H, T, Dh]` with rotate-half: x*cos + rotate_half(x)*sin.
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    let [_, _, _, dh] = x.dims();
+    let half = dh / 2;
+    let x1 = x.clone().slice_dim(3, 0..half);
+    let x2 = x.clone().slice_dim(3, half..dh);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+}
+
+/// Keys and values of one layer for the positions seen so far: `[B, kv_heads, T, Dh]`.
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    /// Qwen3: RMSNorm over each head of q and k, before RoPE.
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `x`: `[B, T, hidden]`. `rope`: cos/sin for the T new positions. `mask`: `[B or 1, 1, T, T_total]`,
+    /// true where attention is not allowed. `cache`: previous keys/values, extended in place.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&(Tensor<2>, Tensor<2>)>,
+        mask: Option<&Tensor<4, Bool>>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self.q.forward(x.clone()).reshape([b, t, h, dh]).swap_dims(1, 2);
+        let k = self.k.forward(x.clone()).reshape([b, t, kvh, dh]).swap_dims(1, 2);
+        let v = self.v.forward(x).reshape([b, t, kvh, dh]).swap_dims(1, 2);
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (qn.forward(q), kn.forward(k)),
+            _ => (q, k),
+        };
+        let (q, k) = match rope {
+            Some((cos, sin)) => (apply_rope(q, cos, sin), apply_rope(k, cos, sin)),
+            None => (q, k),
+        };
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some(prev) => (Tensor::cat(vec![prev.k, k], 2), Tensor::cat(vec![prev.v, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some(LayerCache { k: k.clone(), v: v.clone() });
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let t_total = k.dims()[2];
+        let rep = h / kvh;
+        let (k, v) = if rep > 1 {
+            (
+                k.unsqueeze_dim::<5>(2).expand([b, kvh, rep, t_total, dh]).reshape([b, h, t_total, dh]),
+                v.unsqueeze_dim::<5>(2).expand([b, kvh, rep, t_total, dh]).reshape([b, h, t_total, dh]),
+            )
+        } else {
+            (k, v)
+        };
+        let scale = 1.0 / (dh as f64).sqrt();
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+        if let Some(m) = mask {
+            scores = scores.mask_fill(m.clone(), f32::NEG_INFINITY);
+        }
+        let p = activation::softmax(scores, 3);
+        let out = p.matmul(v).swap_dims(1, 2).reshape([b, t, h * dh]);
+        self.o.forward(out)
+    }
+}
+
+/// Feed-forward: SwiGLU (`down(silu(gate(x)) * up(x))`) when `gate` is present, else GELU (tanh
+/// approximation, GPT-2's `gelu_new`) between `up` and `down`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate: Option<Linear>,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = match &self.gate {
+            Some(g) => activation::silu(g.forward(x.clone())) * self.up.forward(x),
+            None => activation::gelu_approximate(self.up.forward(x)),
+        };
+        self.down.forward(h)
+    }
+}
+
+/// Causal mask `[1, 1, T, offset+T]`: true where key position > query position.
+pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Tensor<4, Bool> {
+    let total = offset + t;
+    let data: Vec<bool> = (0..t).flat_map(|i| (0..total).map(move |j| j > offset + i)).collect();
+    Tensor::<2, Bool>::from_data(TensorData::new(data, [t, total]), device).unsqueeze::<4>()
+}
