@@ -156,7 +156,7 @@ pub fn generate(
         let hidden = m.model.forward_hidden(ids_tensor(&next_input, &m.device), Some(&mut cache));
         let t = hidden.dims()[1];
         let logits = m.model.logits(hidden.slice_dim(1, t - 1..t));
-        let mut row = logits.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+        let mut row = logits.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))?;
         if generated.is_empty() {
             prefill_seconds = t0.elapsed().as_secs_f64();
         }

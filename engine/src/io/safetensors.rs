@@ -60,11 +60,6 @@ impl SafetensorsFolder {
                 index.insert(name.clone(), id);
             }
         } else {
-            for pickle in ["pytorch_model.bin", "model.pt", "pytorch_model.bin.index.json"] {
-                if dir.join(pickle).exists() {
-                    super::refuse_pickle(&dir.join(pickle.trim_end_matches(".index.json")))?;
-                }
-            }
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         }
         // Validate every file's header and index any tensors not named by an index.

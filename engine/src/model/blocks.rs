@@ -49,7 +49,7 @@ pub fn param2(t: &HostTensor, device: &Device) -> Param<Tensor<2>> {
 
 pub fn tensor_to_host<const D: usize>(t: Tensor<D>) -> HostTensor {
     let shape = t.dims().to_vec();
-    let data = t.into_data().convert::<f32>().into_vec::<f32>().expect("float tensor");
+    let data = t.try_into_vec_as::<f32>().expect("float tensor");
     HostTensor::new(shape, data)
 }
 

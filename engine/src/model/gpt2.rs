@@ -88,7 +88,7 @@ pub fn to_hf(w: &ModelWeights) -> BTreeMap<String, HostTensor> {
     if let Some(p) = &w.pos_embed {
         out.insert("transformer.wpe.weight".into(), p.clone());
     }
-    let mut put_ln = |out: &mut BTreeMap<String, HostTensor>, name: String, n: &(HostTensor, Option<HostTensor>)| {
+    let put_ln = |out: &mut BTreeMap<String, HostTensor>, name: String, n: &(HostTensor, Option<HostTensor>)| {
         out.insert(format!("{name}.weight"), n.0.clone());
         if let Some(b) = &n.1 {
             out.insert(format!("{name}.bias"), b.clone());

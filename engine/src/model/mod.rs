@@ -112,6 +112,15 @@ fn classify(path: &Path) -> Result<(SourceFormat, PathBuf)> {
         bail!("{}: model not found (expected an HF folder or a .gguf file)", path.display());
     }
     if path.is_dir() {
+        let has_safetensors =
+            path.join("model.safetensors").exists() || path.join("model.safetensors.index.json").exists();
+        if !has_safetensors {
+            for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth"] {
+                if path.join(pickle).exists() {
+                    refuse_pickle(&path.join(pickle.trim_end_matches(".index.json")))?;
+                }
+            }
+        }
         return Ok((SourceFormat::HfFolder, path.to_path_buf()));
     }
     refuse_pickle(path)?;
@@ -228,7 +237,7 @@ impl LoadedModel {
         }
         let logits = self.model.forward(ids_tensor(ids, &self.device), None);
         let [_, t, v] = logits.dims();
-        let data = logits.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+        let data = logits.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))?;
         Ok((0..t).map(|i| data[i * v..(i + 1) * v].to_vec()).collect())
     }
 
@@ -244,7 +253,7 @@ impl LoadedModel {
         let targets: Vec<i32> = ids[1..].iter().map(|&x| x as i32).collect();
         let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, t - 1, 1]), &self.device);
         let g = lp.gather(2, idx);
-        g.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow!("{e:?}"))
+        g.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))
     }
 
     pub fn check_len(&self, n: usize) -> Result<()> {
@@ -276,12 +285,12 @@ impl LoadedModel {
         let cfg = self.config.to_hf_json(dtype.hf_name());
         atomic_write(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
         let eos = self.eos_ids();
-        let gen = serde_json::json!({
+        let generation = serde_json::json!({
             "bos_token_id": self.config.bos_token_id,
             "eos_token_id": if eos.len() == 1 { serde_json::json!(eos[0]) } else { serde_json::json!(eos) },
             "pad_token_id": self.config.pad_token_id,
         });
-        atomic_write(&dir.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
+        atomic_write(&dir.join("generation_config.json"), serde_json::to_string_pretty(&generation)?.as_bytes())?;
         self.tokenizer.save_hf(dir)?;
         Ok(())
     }
