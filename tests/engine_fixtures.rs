@@ -74,3 +74,105 @@ fn architectures_and_rope_conventions_are_read() {
     assert!(cfg("qwen2").qkv_bias);
     assert_eq!(cfg("gpt2").arch, Arch::Gpt2);
 }
+
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    use std::collections::BTreeMap;
+    use whetstone_engine::io::safetensors::{SaveDtype, write_safetensors};
+    let src = fixture("tiny-models/llama");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("sharded");
+    copy_dir(&src, &dst);
+    std::fs::remove_file(dst.join("model.safetensors")).unwrap();
+    let m = LoadedModel::load(&src, &Device::flex()).unwrap();
+    let tensors = m.hf_tensors();
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    let mut map = serde_json::Map::new();
+    for (i, (name, t)) in tensors.into_iter().enumerate() {
+        let shard = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        map.insert(name.clone(), shard.into());
+        if i % 2 == 0 { a.insert(name, t) } else { b.insert(name, t) };
+    }
+    write_safetensors(&dst.join("model-00001-of-00002.safetensors"), &a, SaveDtype::F32, None).unwrap();
+    write_safetensors(&dst.join("model-00002-of-00002.safetensors"), &b, SaveDtype::F32, None).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dst.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = LoadedModel::load(&dst, &Device::flex()).unwrap();
+    check_model_against_reference("llama (sharded)", &sharded, &reference(&src));
+}
+
+#[test]
+fn half_precision_checkpoints_load() {
+    use whetstone_engine::io::safetensors::SaveDtype;
+    let src = fixture("tiny-models/qwen2");
+    let m = LoadedModel::load(&src, &Device::flex()).unwrap();
+    let r = reference(&src);
+    let p = &r["prompts"][0];
+    let ids = u32s(&p["ids"]);
+    for dtype in [SaveDtype::F16, SaveDtype::Bf16] {
+        let dir = tempfile::tempdir().unwrap();
+        m.save_hf(dir.path(), dtype).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["torch_dtype"], dtype.hf_name());
+        let h = LoadedModel::load(dir.path(), &Device::flex()).unwrap();
+        assert_eq!(h.info().dtype, dtype.hf_name());
+        // Rounded weights: close to the f32 reference, not equal to it.
+        let d = max_abs_diff(&h.token_logprobs(&ids).unwrap(), &f64s(&p["token_logprobs"]));
+        assert!(d > 0.0 && d < 0.1, "{dtype:?}: log-probs differ by {d}");
+    }
+}
+
+#[test]
+fn mistral_config_runs_as_llama() {
+    let src = fixture("tiny-models/llama");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&src, dir.path());
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["model_type"] = "mistral".into();
+    cfg["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    cfg["sliding_window"] = serde_json::Value::Null;
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let m = LoadedModel::load(dir.path(), &Device::flex()).unwrap();
+    check_model_against_reference("mistral", &m, &reference(&src));
+}
+
+#[test]
+fn stop_strings_and_token_limits_end_generation() {
+    use whetstone_engine::generate::FinishReason;
+    let src = fixture("tiny-models/llama");
+    let m = LoadedModel::load(&src, &Device::flex()).unwrap();
+    let r = reference(&src);
+    let p = &r["prompts"][0];
+    let ids = u32s(&p["ids"]);
+    let full = m.tokenizer.decode(&u32s(&p["greedy_ids"]), true).unwrap();
+    // stop at a piece of text that greedy decoding produces part-way through
+    let cut = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+    let stop: String = full[cut..].chars().take(3).collect();
+    let opts = GenerateOptions { max_new_tokens: 16, stop_at_eos: false, stop_strings: vec![stop.clone()], ..Default::default() };
+    let mut streamed = String::new();
+    let g = generate(&m, &ids, &opts, &mut |s| {
+        streamed.push_str(s);
+        true
+    })
+    .unwrap();
+    assert_eq!(g.finish_reason, FinishReason::StopString);
+    assert!(!g.text.contains(&stop) && full.starts_with(&g.text), "{:?} vs {:?}", g.text, full);
+    assert_eq!(streamed, g.text, "nothing past the stop string is streamed");
+    let opts = GenerateOptions { max_new_tokens: 5, stop_at_eos: false, ..Default::default() };
+    let g = generate(&m, &ids, &opts, &mut |_| true).unwrap();
+    assert_eq!((g.generated_ids.len(), g.finish_reason), (5, FinishReason::MaxTokens));
+    // cancelling from the callback stops at once
+    let opts = GenerateOptions { max_new_tokens: 16, stop_at_eos: false, ..Default::default() };
+    let g = generate(&m, &ids, &opts, &mut |_| false).unwrap();
+    assert_eq!(g.finish_reason, FinishReason::Cancelled);
+    assert!(g.generated_ids.len() < 16);
+}

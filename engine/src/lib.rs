@@ -6,5 +6,6 @@ pub mod generate;
 pub mod io;
 pub mod model;
 pub mod text;
+pub mod train;
 
 pub use burn::tensor::Device;

@@ -475,34 +475,25 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Undo llama.cpp's q/k row permutation (interleaved RoPE pairs → HF rotate-half halves).
 /// `w` is row-major `[n_head * head_dim, cols]`.
 pub fn unpermute_qk(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let head_dim = rows / n_head;
-    let half = head_dim / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for p in 0..2 {
-                // GGUF row (interleaved): h*hd + 2*i + p ; HF row (halves): h*hd + p*half + i
-                let src = h * head_dim + 2 * i + p;
-                let dst = h * head_dim + p * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_qk_rows(w, n_head, cols, true)
 }
 
 /// The inverse of [`unpermute_qk`]: HF rotate-half rows → llama.cpp interleaved rows.
 pub fn permute_qk(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let head_dim = rows / n_head;
+    move_qk_rows(w, n_head, cols, false)
+}
+
+fn move_qk_rows(w: &[f32], n_head: usize, cols: usize, to_halves: bool) -> Vec<f32> {
+    let head_dim = w.len() / cols / n_head;
     let half = head_dim / 2;
     let mut out = vec![0f32; w.len()];
     for h in 0..n_head {
         for i in 0..half {
             for p in 0..2 {
-                let dst = h * head_dim + 2 * i + p;
-                let src = h * head_dim + p * half + i;
+                // interleaved row h*hd + 2i + p  <->  rotate-half row h*hd + p*half + i
+                let interleaved = h * head_dim + 2 * i + p;
+                let halves = h * head_dim + p * half + i;
+                let (src, dst) = if to_halves { (interleaved, halves) } else { (halves, interleaved) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }

@@ -139,6 +139,11 @@ impl Transformer {
         }
     }
 
+    /// A copy for inference: parameters moved off the autodiff graph.
+    pub fn without_autodiff(&self) -> Self {
+        self.valid()
+    }
+
     pub fn device(&self) -> Device {
         self.embed.val().device()
     }

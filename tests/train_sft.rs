@@ -1,0 +1,78 @@
+//! SFT on a tiny fixture model memorises a small dataset, and greedy generation then
+//! reproduces the trained answers.
+
+mod common;
+
+use common::*;
+use whetstone_engine::Device;
+use whetstone_engine::generate::{GenerateOptions, generate};
+use whetstone_engine::model::LoadedModel;
+use whetstone_engine::text::chat_template::Message;
+use whetstone_engine::train::SftTrainer;
+use whetstone_engine::train::optim::{AdamWConfig, Decay, lr_at};
+use whetstone_engine::train::sft::{SftExample, encode, make_batch};
+
+#[test]
+fn sft_memorises_and_generation_reproduces_the_answers() {
+    let dir = fixture("tiny-models/qwen3");
+    let ad = Device::flex().autodiff();
+    let mut lm = LoadedModel::load(&dir, &ad).unwrap();
+    let data = [
+        ("Fever 39C and stiff neck?", "Urgent: possible meningitis."),
+        ("Mild cough for two days?", "Routine: rest and fluids."),
+        ("Chest pain at rest?", "Emergency: call an ambulance."),
+        ("Itchy rash on arm?", "Routine: see a GP this week."),
+    ];
+    let eos = lm.tokenizer.eos_id();
+    let encoded: Vec<_> = data
+        .iter()
+        .map(|(p, r)| encode(&lm.tokenizer, &SftExample::from_pair(None, p, r), 128, false, eos).unwrap())
+        .collect();
+    // Only the assistant turn is a target, and it ends with the end-of-turn token.
+    let e0 = &encoded[0];
+    let first_target = e0.target.iter().position(|&t| t).unwrap();
+    let answer = lm.tokenizer.decode(&e0.ids[first_target..], false).unwrap();
+    assert!(answer.starts_with("Urgent: possible meningitis.<|im_end|>"), "{answer:?}");
+    assert!(e0.target[..first_target].iter().all(|&t| !t));
+
+    let pad = lm.tokenizer.pad_id().unwrap();
+    let mut trainer = SftTrainer::new(lm.model.clone(), AdamWConfig::default(), Some(1.0));
+    let steps = 80;
+    let mut first = None;
+    let mut last = f64::MAX;
+    for s in 0..steps {
+        // two micro-batches of two: gradient accumulation
+        let mb: Vec<_> = encoded.chunks(2).map(|c| make_batch(&c.iter().collect::<Vec<_>>(), pad, &ad)).collect();
+        let m = trainer.step(&mb, lr_at(s, steps, 5, 1e-2, Decay::Cosine)).unwrap();
+        assert!(m.loss.is_finite() && m.grad_norm.is_finite());
+        first.get_or_insert(m.loss);
+        last = m.loss;
+    }
+    assert!(first.unwrap() > 3.0, "initial loss {first:?}");
+    assert!(last < 0.05, "final loss {last}");
+
+    lm.model = trainer.model.without_autodiff();
+    lm.device = Device::flex();
+    for (p, r) in data {
+        let (_, ids) = lm.tokenizer.apply_chat(&[Message::new("user", p)], true).unwrap();
+        let g = generate(&lm, &ids, &GenerateOptions { max_new_tokens: 64, ..Default::default() }, &mut |_| true).unwrap();
+        assert_eq!(g.text, r, "answer to {p:?}");
+        assert_eq!(g.finish_reason, whetstone_engine::generate::FinishReason::Eos, "stops at the learned end of turn");
+    }
+}
+
+#[test]
+fn plain_models_train_on_response_plus_eos() {
+    // Every fixture has a chat template, so take it away to get a plain model.
+    let mut plain = LoadedModel::load(&fixture("tiny-models/gpt2"), &Device::flex()).unwrap();
+    plain.tokenizer.chat_template = None;
+    let eos = Some(2);
+    let e = encode(&plain.tokenizer, &SftExample::from_pair(None, "Q", "A b"), 64, false, eos).unwrap();
+    let n_resp = plain.tokenizer.encode("A b", false).unwrap().len();
+    assert_eq!(e.target.iter().filter(|&&t| t).count(), n_resp + 1);
+    assert_eq!(*e.ids.last().unwrap(), 2);
+    let all = encode(&plain.tokenizer, &SftExample::from_pair(None, "Q", "A b"), 64, true, eos).unwrap();
+    assert!(all.target.iter().all(|&t| t));
+    let short = encode(&plain.tokenizer, &SftExample::from_pair(None, "Q", "A b"), 2, false, eos).unwrap();
+    assert_eq!(short.ids.len(), 2);
+}
