@@ -73,6 +73,14 @@ impl SafetensorsFolder {
         Ok(Self { files, index })
     }
 
+    /// One safetensors file on its own (e.g. an adapter).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let map = map_file(path)?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| anyhow!("{}: malformed safetensors: {e}", path.display()))?;
+        let index = st.names().into_iter().map(|n| (n.to_string(), 0)).collect();
+        Ok(Self { files: vec![(path.to_path_buf(), map)], index })
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }

@@ -7,6 +7,7 @@ use burn::nn::Linear;
 use burn::tensor::{Bool, Device, Tensor, TensorData, activation};
 
 use super::config::{ModelConfig, RopeScaling};
+use super::lora::Proj;
 use crate::io::HostTensor;
 
 /// A `[d_in, d_out]` linear layer from a PyTorch `[out, in]` weight (and optional bias).
@@ -165,10 +166,10 @@ pub struct LayerCache {
 
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
+    pub q: Proj,
+    pub k: Proj,
+    pub v: Proj,
+    pub o: Proj,
     /// Qwen3: RMSNorm over each head of q and k, before RoPE.
     pub q_norm: Option<Norm>,
     pub k_norm: Option<Norm>,
@@ -236,9 +237,9 @@ impl Attention {
 /// approximation, GPT-2's `gelu_new`) between `up` and `down`.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub gate: Option<Linear>,
-    pub up: Linear,
-    pub down: Linear,
+    pub gate: Option<Proj>,
+    pub up: Proj,
+    pub down: Proj,
 }
 
 impl Mlp {

@@ -5,6 +5,7 @@ pub mod blocks;
 pub mod config;
 pub mod gpt2;
 pub mod llama;
+pub mod lora;
 pub mod qwen2;
 pub mod qwen3;
 pub mod transformer;

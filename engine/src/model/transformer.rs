@@ -8,6 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::blocks::{Attention, LayerCache, Mlp, Norm, causal_mask, linear_from_host, linear_to_host, param2, rope_inv_freq, rope_tables, tensor_to_host};
 use super::config::{Arch, ModelConfig};
+use super::lora::{LoraConfig, Proj};
 use crate::io::HostTensor;
 
 /// Host-side weights of one block, PyTorch layouts (`[out, in]` for projections).
@@ -80,7 +81,7 @@ impl Transformer {
         let rms = cfg.arch != Arch::Gpt2;
         let eps = cfg.norm_eps;
         let norm = |n: &(HostTensor, Option<HostTensor>)| Norm::from_host(&n.0, n.1.as_ref(), eps, rms, device);
-        let lin = |l: &(HostTensor, Option<HostTensor>)| linear_from_host(&l.0, l.1.as_ref(), device);
+        let lin = |l: &(HostTensor, Option<HostTensor>)| Proj::new(linear_from_host(&l.0, l.1.as_ref(), device));
         let layers = w
             .layers
             .iter()
@@ -111,7 +112,48 @@ impl Transformer {
         }
     }
 
-    /// Copy the weights back to the host (PyTorch layouts).
+    /// Freeze every weight and add LoRA adapters to the target projections (seeded init).
+    pub fn with_lora(self, cfg: &LoraConfig, seed: u64) -> anyhow::Result<Self> {
+        let targets = cfg.target_names()?;
+        anyhow::ensure!(cfg.rank > 0, "lora.rank must be at least 1");
+        let device = self.device();
+        let mut rng = super::lora::init_rng(seed);
+        let mut m = self.no_grad();
+        let pick = |p: Proj, name: &str, rng: &mut rand_chacha::ChaCha8Rng| {
+            if targets.contains(&name) { p.add_lora(cfg, rng, &device) } else { p }
+        };
+        for l in m.layers.iter_mut() {
+            let a = &mut l.attn;
+            a.q = pick(a.q.clone(), "q_proj", &mut rng);
+            a.k = pick(a.k.clone(), "k_proj", &mut rng);
+            a.v = pick(a.v.clone(), "v_proj", &mut rng);
+            a.o = pick(a.o.clone(), "o_proj", &mut rng);
+            let f = &mut l.mlp;
+            f.gate = f.gate.take().map(|g| pick(g, "gate_proj", &mut rng));
+            f.up = pick(f.up.clone(), "up_proj", &mut rng);
+            f.down = pick(f.down.clone(), "down_proj", &mut rng);
+        }
+        Ok(m)
+    }
+
+    /// Every projection with its HF short name and layer index, for adapter export/import.
+    pub fn projections(&self) -> Vec<(usize, &'static str, &Proj)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push((i, "q_proj", &l.attn.q));
+            out.push((i, "k_proj", &l.attn.k));
+            out.push((i, "v_proj", &l.attn.v));
+            out.push((i, "o_proj", &l.attn.o));
+            if let Some(g) = &l.mlp.gate {
+                out.push((i, "gate_proj", g));
+            }
+            out.push((i, "up_proj", &l.mlp.up));
+            out.push((i, "down_proj", &l.mlp.down));
+        }
+        out
+    }
+
+    /// Copy the weights back to the host (PyTorch layouts), adapters merged in.
     pub fn to_weights(&self) -> ModelWeights {
         let norm = |n: &Norm| (tensor_to_host(n.weight.val()), n.bias.as_ref().map(|b| tensor_to_host(b.val())));
         ModelWeights {
@@ -122,16 +164,16 @@ impl Transformer {
                 .iter()
                 .map(|b| LayerWeights {
                     attn_norm: norm(&b.attn_norm),
-                    q: linear_to_host(&b.attn.q),
-                    k: linear_to_host(&b.attn.k),
-                    v: linear_to_host(&b.attn.v),
-                    o: linear_to_host(&b.attn.o),
+                    q: linear_to_host(&b.attn.q.merged()),
+                    k: linear_to_host(&b.attn.k.merged()),
+                    v: linear_to_host(&b.attn.v.merged()),
+                    o: linear_to_host(&b.attn.o.merged()),
                     q_norm: b.attn.q_norm.as_ref().map(|n| tensor_to_host(n.weight.val())),
                     k_norm: b.attn.k_norm.as_ref().map(|n| tensor_to_host(n.weight.val())),
                     mlp_norm: norm(&b.mlp_norm),
-                    gate: b.mlp.gate.as_ref().map(linear_to_host),
-                    up: linear_to_host(&b.mlp.up),
-                    down: linear_to_host(&b.mlp.down),
+                    gate: b.mlp.gate.as_ref().map(|g| linear_to_host(&g.merged())),
+                    up: linear_to_host(&b.mlp.up.merged()),
+                    down: linear_to_host(&b.mlp.down.merged()),
                 })
                 .collect(),
             final_norm: norm(&self.final_norm),

@@ -1,5 +1,6 @@
 //! Training: optimisation shared by every method, and one file per method.
 
+pub mod checkpoint;
 pub mod optim;
 pub mod sft;
 

@@ -1,0 +1,225 @@
+//! LoRA adapters: `y = x·W + scale · dropout(x)·A·B` with `scale = alpha / r`, A initialised as
+//! PEFT does (Kaiming-uniform, bound 1/sqrt(fan_in)) and B at zero, the base frozen. Adapters are
+//! saved in PEFT's layout (`adapter_config.json` + `adapter_model.safetensors` with PEFT key
+//! names) and can be merged into the base weights.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Which projections get adapters, by their HF short names.
+pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Short names: q, k, v, o, gate, up, down (or the HF `q_proj` … forms).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q".into(), "k".into(), "v".into(), "o".into()] }
+    }
+}
+
+impl LoraConfig {
+    /// Normalised HF names of the targets, or an error naming an unknown one.
+    pub fn target_names(&self) -> anyhow::Result<Vec<&'static str>> {
+        let mut out = Vec::new();
+        for t in &self.targets {
+            let short = t.trim_end_matches("_proj");
+            let name = TARGETS
+                .iter()
+                .find(|n| n.trim_end_matches("_proj") == short)
+                .ok_or_else(|| anyhow::anyhow!("lora.targets: unknown module `{t}` (expected q, k, v, o, gate, up, down)"))?;
+            if !out.contains(name) {
+                out.push(*name);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// `[in, r]`
+    pub a: Param<Tensor<2>>,
+    /// `[r, out]`
+    pub b: Param<Tensor<2>>,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+/// A projection: a (possibly frozen) linear layer and an optional adapter.
+#[derive(Module, Debug)]
+pub struct Proj {
+    pub base: Linear,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Proj {
+    pub fn new(base: Linear) -> Self {
+        Self { base, lora: None }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = self.base.forward(x.clone());
+        match &self.lora {
+            None => y,
+            Some(l) => {
+                let x = if l.dropout > 0.0 && x.is_autodiff() {
+                    let keep = x.random_like(Distribution::Bernoulli(1.0 - l.dropout));
+                    x * keep / (1.0 - l.dropout)
+                } else {
+                    x
+                };
+                let a = l.a.val().unsqueeze::<D>();
+                let b = l.b.val().unsqueeze::<D>();
+                y + x.matmul(a).matmul(b) * l.scale
+            }
+        }
+    }
+
+    /// Add an adapter (A from `rng`, B zero) and freeze the base.
+    pub fn add_lora(self, cfg: &LoraConfig, rng: &mut ChaCha8Rng, device: &Device) -> Self {
+        let [d_in, d_out] = self.base.weight.val().dims();
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a: Vec<f32> = (0..d_in * cfg.rank).map(|_| rng.random_range(-bound..bound) as f32).collect();
+        let adapter = LoraAdapter {
+            a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, cfg.rank]), device)),
+            b: Param::from_tensor(Tensor::zeros([cfg.rank, d_out], device)),
+            scale: cfg.alpha / cfg.rank as f64,
+            dropout: cfg.dropout,
+        };
+        Self { base: self.base.no_grad(), lora: Some(adapter) }
+    }
+
+    /// Fold the adapter into the base weight: `W + scale · A·B`.
+    pub fn merged(&self) -> Linear {
+        let mut base = self.base.clone();
+        if let Some(l) = &self.lora {
+            let w = base.weight.val() + l.a.val().matmul(l.b.val()) * l.scale;
+            base.weight = Param::from_tensor(w.detach());
+        }
+        base
+    }
+}
+
+/// Seeded generator for adapter initialisation.
+pub fn init_rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ 0x10AA_5EED)
+}
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::transformer::Transformer;
+use crate::io::HostTensor;
+use crate::io::safetensors::{SafetensorsFolder, SaveDtype, write_safetensors};
+
+fn peft_key(layer: usize, name: &str, which: &str) -> String {
+    let block = if name.ends_with("_proj") && ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) { "self_attn" } else { "mlp" };
+    format!("base_model.model.model.layers.{layer}.{block}.{name}.lora_{which}.weight")
+}
+
+fn transpose_host(t: Tensor<2>) -> HostTensor {
+    super::blocks::tensor_to_host(t.transpose())
+}
+
+/// Adapter weights under PEFT's names: `lora_A` is `[r, in]`, `lora_B` is `[out, r]`.
+pub fn peft_tensors(model: &Transformer) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
+    for (i, name, p) in model.projections() {
+        if let Some(l) = &p.lora {
+            out.insert(peft_key(i, name, "A"), transpose_host(l.a.val()));
+            out.insert(peft_key(i, name, "B"), transpose_host(l.b.val()));
+        }
+    }
+    out
+}
+
+/// Write `adapter_config.json` + `adapter_model.safetensors` (PEFT layout) into `dir`.
+pub fn save_peft(model: &Transformer, cfg: &LoraConfig, base_model: &str, dir: &Path) -> Result<()> {
+    let tensors = peft_tensors(model);
+    if tensors.is_empty() {
+        bail!("the model has no LoRA adapters to save");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, SaveDtype::F32, None)?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_names()?,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+    });
+    crate::io::atomic_write(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())
+}
+
+/// Read a PEFT adapter folder's config.
+pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
+    let p = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: invalid JSON at line {}, column {}: {e}", p.display(), e.line(), e.column()))?;
+    let rank = v.get("r").and_then(|x| x.as_u64()).ok_or_else(|| anyhow!("{}: missing `r`", p.display()))? as usize;
+    let alpha = v.get("lora_alpha").and_then(|x| x.as_f64()).unwrap_or(rank as f64);
+    let dropout = v.get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0);
+    let targets = v
+        .get("target_modules")
+        .and_then(|x| x.as_array())
+        .ok_or_else(|| anyhow!("{}: missing `target_modules` list", p.display()))?
+        .iter()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect();
+    Ok(LoraConfig { rank, alpha, dropout, targets })
+}
+
+/// Put a saved PEFT adapter onto `model` (which must not have adapters yet).
+pub fn load_peft(model: Transformer, dir: &Path) -> Result<(Transformer, LoraConfig)> {
+    let cfg = read_peft_config(dir)?;
+    let mut m = model.with_lora(&cfg, 0)?;
+    let st = SafetensorsFolder::open_file(&dir.join("adapter_model.safetensors"))?;
+    let device = m.device();
+    let load = |key: String, rows: usize, cols: usize| -> Result<Tensor<2>> {
+        let t = st.get(&key).map_err(|e| anyhow!("{}: {e:#}", dir.display()))?;
+        super::check_shape(&key, &t.shape, &[rows, cols], &dir.display().to_string())?;
+        // PEFT stores the transposes of our [in, r] / [r, out] factors.
+        Ok(Tensor::<2>::from_data(TensorData::new(t.data, [rows, cols]), &device).transpose())
+    };
+    for (i, l) in m.layers.iter_mut().enumerate() {
+        let mut slots: Vec<(&'static str, &mut Proj)> =
+            vec![("q_proj", &mut l.attn.q), ("k_proj", &mut l.attn.k), ("v_proj", &mut l.attn.v), ("o_proj", &mut l.attn.o)];
+        if let Some(g) = l.mlp.gate.as_mut() {
+            slots.push(("gate_proj", g));
+        }
+        slots.push(("up_proj", &mut l.mlp.up));
+        slots.push(("down_proj", &mut l.mlp.down));
+        for (name, p) in slots {
+            if let Some(ad) = p.lora.as_mut() {
+                let [d_in, d_out] = p.base.weight.val().dims();
+                ad.a = Param::from_tensor(load(peft_key(i, name, "A"), cfg.rank, d_in)?);
+                ad.b = Param::from_tensor(load(peft_key(i, name, "B"), d_out, cfg.rank)?);
+            }
+        }
+    }
+    Ok((m, cfg))
+}
