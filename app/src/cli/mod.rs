@@ -3,9 +3,11 @@
 mod bench;
 mod convert;
 mod devices;
+mod export;
 mod generate;
 mod inspect;
 mod score;
+mod train;
 
 use std::path::PathBuf;
 
@@ -32,6 +34,10 @@ pub enum Command {
     Score(score::Args),
     /// Write any loaded model (HF folder or GGUF) as an HF folder.
     Convert(convert::Args),
+    /// Run a training job (TOML), with progress, checkpoints and resume.
+    Train(train::Args),
+    /// Export a run: HF folder (LoRA merged with --merge) or the PEFT adapter.
+    Export(export::Args),
     /// Measure speed (see docs/benchmarks.md).
     Bench(bench::Args),
 }
@@ -65,6 +71,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Score(a)) => score::run(a),
         Some(Command::Convert(a)) => convert::run(a),
+        Some(Command::Train(a)) => train::run(a),
+        Some(Command::Export(a)) => export::run(a),
         Some(Command::Bench(a)) => bench::run(a),
     }
 }

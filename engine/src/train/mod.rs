@@ -1,6 +1,8 @@
 //! Training: optimisation shared by every method, and one file per method.
 
 pub mod checkpoint;
+pub mod job;
+pub mod memory;
 pub mod optim;
 pub mod sft;
 

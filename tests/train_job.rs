@@ -1,0 +1,187 @@
+//! Jobs end to end: TOML spec → runner → events / metrics.jsonl / run.json / checkpoints,
+//! exact resume, exports, and one-line errors for bad job files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use whetstone_engine::Device;
+use whetstone_engine::generate::{GenerateOptions, generate};
+use whetstone_engine::text::chat_template::Message;
+use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, StepRecord, read_metrics, spawn};
+
+const DATA: &[(&str, &str)] = &[
+    ("Fever 39C and stiff neck?", "Urgent: possible meningitis."),
+    ("Mild cough for two days?", "Routine: rest and fluids."),
+    ("Chest pain at rest?", "Emergency: call an ambulance."),
+    ("Itchy rash on arm?", "Routine: see a GP this week."),
+    ("Twisted ankle, can walk?", "Routine: rest, ice, elevate."),
+];
+
+fn write_data(dir: &Path) -> PathBuf {
+    let p = dir.join("triage.jsonl");
+    let lines: Vec<String> = DATA.iter().map(|(q, a)| serde_json::json!({"question": q, "answer": a}).to_string()).collect();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p
+}
+
+fn job(dir: &Path, model: &str, extra: &str) -> PathBuf {
+    let data = write_data(dir);
+    let text = format!(
+        "method = \"sft\"\nmodel = {:?}\nseed = 3\noutput = {:?}\n{extra}\n[dataset]\npath = {:?}\n",
+        fixture(&format!("tiny-models/{model}")).display().to_string(),
+        dir.join("runs").display().to_string(),
+        data.display().to_string()
+    );
+    let p = dir.join("job.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_to_end(spec: JobSpec, opts: RunOptions) -> Vec<JobEvent> {
+    let h = spawn(spec, opts);
+    let evs: Vec<JobEvent> = h.events.iter().collect();
+    h.join();
+    if let Some(JobEvent::Failed { reason }) = evs.last() {
+        panic!("job failed: {reason}");
+    }
+    evs
+}
+
+fn steps(evs: &[JobEvent]) -> Vec<StepRecord> {
+    evs.iter().filter_map(|e| if let JobEvent::Step(s) = e { Some(s.clone()) } else { None }).collect()
+}
+
+#[test]
+fn sft_job_memorises_writes_its_records_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "name = \"memo\"\n[train]\nepochs = 40\nbatch_size = 5\nlr = 1e-2\nwarmup_steps = 3\ncheckpoint_every = 20\n";
+    let spec = JobSpec::from_file(&job(tmp.path(), "qwen3", extra)).unwrap();
+    let evs = run_to_end(spec, RunOptions::default());
+    assert!(matches!(evs[0], JobEvent::Started { total_steps: 40, train_examples: 5, .. }), "{:?}", evs[0]);
+    assert!(matches!(evs.last().unwrap(), JobEvent::Finished { step: 40, .. }));
+    let s = steps(&evs);
+    assert_eq!(s.len(), 40);
+    assert!(s[0].loss > 3.0 && s[39].loss < 0.05, "loss {} -> {}", s[0].loss, s[39].loss);
+    assert!(s.iter().all(|r| r.tokens_per_second > 0.0 && r.grad_norm.is_finite()));
+    assert_eq!(s[0].lr, 0.0); // warm-up starts at zero
+    let run = tmp.path().join("runs/memo");
+    // metrics.jsonl is the same stream, event for event
+    let lines: Vec<String> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(String::from).collect();
+    let sent: Vec<String> = evs.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+    assert_eq!(lines, sent);
+    assert_eq!(read_metrics(&run).unwrap().len(), evs.len());
+    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(card["status"], "finished");
+    assert_eq!(card["dataset"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(card["base_model"]["architecture"], "qwen3");
+    assert!(card["final_metrics"]["train"]["loss"].as_f64().unwrap() < 0.05);
+    let cks = evs.iter().filter(|e| matches!(e, JobEvent::Checkpoint { .. })).count();
+    assert_eq!(cks, 2);
+
+    // export → HF folder → greedy answers are the trained ones
+    let out = tmp.path().join("export");
+    whetstone_engine::train::job::export_run(&run, &out, false, whetstone_engine::io::safetensors::SaveDtype::F32).unwrap();
+    let m = whetstone_engine::model::LoadedModel::load(&out, &Device::flex()).unwrap();
+    for (q, a) in DATA {
+        let (_, ids) = m.tokenizer.apply_chat(&[Message::new("user", q)], true).unwrap();
+        let g = generate(&m, &ids, &GenerateOptions { max_new_tokens: 64, ..Default::default() }, &mut |_| true).unwrap();
+        assert_eq!(g.text, *a);
+    }
+}
+
+fn resume_matches(model: &str, extra: &str) {
+    let a = tempfile::tempdir().unwrap();
+    let spec = JobSpec::from_file(&job(a.path(), model, extra)).unwrap();
+    run_to_end(spec.clone(), RunOptions::default());
+    // Both runs' numbers are compared as written to metrics.jsonl (same formatting, exact).
+    let full = steps(&read_metrics(&a.path().join("runs/r")).unwrap());
+    assert_eq!(full.len(), 12);
+
+    let b = tempfile::tempdir().unwrap();
+    let spec_b = JobSpec::from_file(&job(b.path(), model, extra)).unwrap();
+    // interrupted after step 6 (last checkpoint: step 4), then resumed
+    let first = run_to_end(spec_b.clone(), RunOptions { stop_after: Some(6), ..Default::default() });
+    assert!(matches!(first.last().unwrap(), JobEvent::Cancelled { step: 6 }));
+    let run_dir = b.path().join("runs/r");
+    let resumed = run_to_end(spec_b, RunOptions { resume: Some(run_dir.clone()), ..Default::default() });
+    assert!(matches!(resumed[0], JobEvent::Started { start_step: 4, .. }));
+    let recorded: Vec<StepRecord> = steps(&read_metrics(&run_dir).unwrap());
+    assert_eq!(recorded.len(), 12, "metrics.jsonl holds each step once");
+    for (x, y) in full.iter().zip(&recorded) {
+        assert_eq!((x.step, x.epoch, x.tokens, x.tokens_seen), (y.step, y.epoch, y.tokens, y.tokens_seen));
+        assert_eq!((x.loss, x.lr, x.grad_norm, x.token_accuracy), (y.loss, y.lr, y.grad_norm, y.token_accuracy), "step {}", x.step);
+    }
+}
+
+#[test]
+fn resume_continues_the_exact_trajectory_full() {
+    resume_matches("llama", "name = \"r\"\n[train]\nmax_steps = 12\nbatch_size = 2\nlr = 3e-3\nweight_decay = 0.01\ncheckpoint_every = 4\n");
+}
+
+#[test]
+fn resume_continues_the_exact_trajectory_lora_with_dropout() {
+    resume_matches(
+        "qwen2",
+        "name = \"r\"\n[train]\nmax_steps = 12\nbatch_size = 2\ngrad_accum = 2\nlr = 5e-3\ncheckpoint_every = 4\n[lora]\nrank = 4\nalpha = 8\ndropout = 0.1\ntargets = [\"q\", \"v\", \"up\"]\n",
+    );
+}
+
+#[test]
+fn held_out_split_is_evaluated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = job(tmp.path(), "gpt2", "name = \"e\"\n[train]\nmax_steps = 4\nbatch_size = 2\neval_every = 2\n");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str("validation_fraction = 0.4\n");
+    std::fs::write(&p, text).unwrap();
+    let evs = run_to_end(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+    assert!(matches!(evs[0], JobEvent::Started { train_examples: 3, eval_examples: 2, .. }));
+    let evals: Vec<_> = evs.iter().filter_map(|e| if let JobEvent::Eval(r) = e { Some(r.clone()) } else { None }).collect();
+    assert_eq!(evals.iter().map(|e| e.step).collect::<Vec<_>>(), [2, 4]);
+    assert!(evals.iter().all(|e| (e.perplexity - e.eval_loss.exp()).abs() < 1e-9 && e.token_accuracy >= 0.0));
+}
+
+#[test]
+fn cli_train_and_export_lora_adapter_and_merged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = job(tmp.path(), "llama", "name = \"cli\"\n[train]\nmax_steps = 3\nbatch_size = 2\nlr = 1e-3\n[lora]\nrank = 2\n");
+    let o = whetstone(&["train", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("finished after 3 steps"), "{}", stderr(&o));
+    let run = tmp.path().join("runs/cli");
+    let adapter = tmp.path().join("adapter");
+    let o = whetstone(&["export", run.to_str().unwrap(), "--out", adapter.to_str().unwrap()]);
+    assert!(o.status.success() && stdout(&o).contains("PEFT adapter"), "{}", stderr(&o));
+    assert!(adapter.join("adapter_model.safetensors").exists() && adapter.join("adapter_config.json").exists());
+    let merged = tmp.path().join("merged");
+    let o = whetstone(&["export", run.to_str().unwrap(), "--out", merged.to_str().unwrap(), "--merge"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&whetstone(&["inspect", merged.to_str().unwrap(), "--json"])).trim()).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    // a second run with the same name is refused rather than overwritten
+    let o = whetstone(&["train", p.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_job_files_give_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(job(tmp.path(), "llama", "")).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (base.replace("seed = 3", "seed = 3\nlearning_rate = 0.1"), "unknown field `learning_rate`"),
+        (base.replace("triage.jsonl", "missing.jsonl"), "dataset not found"),
+        (format!("{base}prompt = \"instruction\"\n"), "column `instruction` not found"),
+        (base.replace("tiny-models/llama", "tiny-models/nope"), "model not found"),
+        (base.replace("method = \"sft\"", "method = \"magic\""), "unknown variant `magic`"),
+    ];
+    for (i, (text, want)) in cases.into_iter().enumerate() {
+        let p = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&p, text).unwrap();
+        let o = whetstone(&["train", p.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "case {i} succeeded");
+        assert!(e.contains(want), "case {i}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "case {i}: not one line: {e}");
+    }
+}
