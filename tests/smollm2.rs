@@ -88,3 +88,25 @@ fn converted_hf_folder_gives_identical_log_probs() {
     assert_eq!(m.token_logprobs(&ids).unwrap(), back.token_logprobs(&ids).unwrap());
     assert_eq!(back.info().parameters, m.info().parameters);
 }
+
+#[test]
+fn lora_sft_of_smollm2_runs_on_cpu_and_its_loss_falls() {
+    use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, spawn};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("../../assets/demo/clinic_triage_sft.jsonl");
+    let text = format!(
+        "method = \"sft\"\nmodel = {:?}\noutput = {:?}\nname = \"smol\"\n[dataset]\npath = {:?}\n[train]\nmax_steps = 6\nbatch_size = 4\nlr = 2e-3\nmax_seq_len = 96\n[lora]\nrank = 8\nalpha = 16\ntargets = [\"q\", \"v\"]\n",
+        smollm2().display().to_string(),
+        tmp.path().display().to_string(),
+        data.display().to_string()
+    );
+    let p = tmp.path().join("job.toml");
+    std::fs::write(&p, text).unwrap();
+    let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+    let evs: Vec<JobEvent> = h.events.iter().collect();
+    assert!(matches!(evs.last(), Some(JobEvent::Finished { step: 6, .. })), "{:?}", evs.last());
+    let losses: Vec<f64> = evs.iter().filter_map(|e| if let JobEvent::Step(s) = e { Some(s.loss) } else { None }).collect();
+    // 12 examples, 4 per step: steps 1-3 are epoch 0 and steps 4-6 see the same examples again.
+    let (first, second) = (losses[..3].iter().sum::<f64>(), losses[3..].iter().sum::<f64>());
+    assert!(second < first * 0.9, "loss did not fall: {losses:?}");
+}

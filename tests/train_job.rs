@@ -185,3 +185,60 @@ fn bad_job_files_give_one_line_errors() {
         assert_eq!(e.trim_end().lines().count(), 1, "case {i}: not one line: {e}");
     }
 }
+
+#[test]
+fn nan_loss_stops_the_job_and_keeps_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = job(tmp.path(), "llama", "name = \"nan\"\n[train]\nmax_steps = 6\nbatch_size = 2\nlr = 1e30\nmax_grad_norm = 0\ncheckpoint_every = 1\n");
+    let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+    let evs: Vec<JobEvent> = h.events.iter().collect();
+    let Some(JobEvent::Failed { reason }) = evs.last() else { panic!("did not fail: {:?}", evs.last()) };
+    assert!(reason.contains("loss became") && reason.contains("last checkpoint"), "{reason}");
+    assert!(whetstone_engine::train::job::latest_checkpoint(&tmp.path().join("runs/nan")).is_some());
+}
+
+#[test]
+fn a_job_that_cannot_fit_is_refused_with_the_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = job(tmp.path(), "llama", "[train]\nbatch_size = 4096\nmax_seq_len = 65536\n");
+    let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+    let evs: Vec<JobEvent> = h.events.iter().collect();
+    let Some(JobEvent::Failed { reason }) = evs.last() else { panic!("not refused: {:?}", evs.last()) };
+    assert!(reason.contains("needs about") && reason.contains("GB") && reason.contains("activations"), "{reason}");
+    assert!(!tmp.path().join("runs").exists(), "nothing is written for a refused job");
+}
+
+#[test]
+fn cancel_stops_at_a_step_boundary_and_the_queue_runs_jobs_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = job(tmp.path(), "llama", "name = \"c\"\n[train]\nmax_steps = 100000\nbatch_size = 1\n");
+    let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+    let mut seen = 0;
+    let mut last = None;
+    for ev in h.events.iter() {
+        if let JobEvent::Step(_) = ev {
+            seen += 1;
+            if seen == 3 {
+                h.cancel();
+            }
+        }
+        last = Some(ev);
+    }
+    assert!(matches!(last, Some(JobEvent::Cancelled { step }) if (3..=4).contains(&step)), "{last:?}");
+
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let ja = JobSpec::from_file(&job(a.path(), "gpt2", "name = \"qa\"\n[train]\nmax_steps = 2\nbatch_size = 2\n")).unwrap();
+    let jb = JobSpec::from_file(&job(b.path(), "qwen3", "name = \"qb\"\n[train]\nmax_steps = 1\nbatch_size = 2\n")).unwrap();
+    let q = whetstone_engine::train::job::spawn_queue(vec![(ja, RunOptions::default()), (jb, RunOptions::default())]);
+    let order: Vec<String> = q
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::Started { run_id, .. } => Some(format!("start {run_id}")),
+            JobEvent::Finished { step, .. } => Some(format!("done {step}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["start qa", "done 2", "start qb", "done 1"]);
+}
