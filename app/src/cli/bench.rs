@@ -17,6 +17,26 @@ pub struct Args {
 pub enum What {
     /// Generation throughput: a fixed-length prompt, then greedy decoding of a fixed number of tokens.
     Generate(GenArgs),
+    /// SFT train-step throughput (forward, backward, AdamW) on random tokens, full or LoRA.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Train LoRA adapters of this rank on q, k, v, o instead of every weight.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// Timed steps after one warm-up step.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +60,7 @@ diabetes who presents with three days of productive cough, fever and shortness o
 pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Generate(g) => bench_generate(g),
+        What::Train(t) => bench_train(t),
     }
 }
 
@@ -90,6 +111,58 @@ fn bench_generate(a: GenArgs) -> Result<()> {
         println!("prefill     {:.3} s ({:.0} tokens/s)", prefill, a.prompt_tokens as f64 / prefill);
         println!("decode      {decode_tps:.1} tokens/s");
         println!("end to end  {e2e_tps:.1} new tokens/s ({total:.2} s)");
+    }
+    Ok(())
+}
+
+fn bench_train(a: TrainArgs) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    use whetstone_engine::model::lora::LoraConfig;
+    use whetstone_engine::train::SftTrainer;
+    use whetstone_engine::train::optim::AdamWConfig;
+    use whetstone_engine::train::sft::{Encoded, make_batch};
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let device = a.model.device()?.autodiff();
+    let m = LoadedModel::load(&a.model.model, &device)?;
+    let vocab = m.config.vocab_size as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let examples: Vec<Encoded> = (0..a.batch)
+        .map(|_| Encoded { ids: (0..a.seq + 1).map(|_| rng.random_range(0..vocab)).collect(), target: vec![true; a.seq + 1] })
+        .collect();
+    let model = match a.lora_rank {
+        Some(r) => m.model.clone().with_lora(&LoraConfig { rank: r, alpha: 2.0 * r as f64, ..Default::default() }, 0)?,
+        None => m.model.clone(),
+    };
+    let trainable = whetstone_engine::train::checkpoint::named_params(&model, true).values().map(|t| t.data.len()).sum::<usize>();
+    let mut trainer = SftTrainer::new(model, AdamWConfig::default(), Some(1.0));
+    let batch = make_batch(&examples.iter().collect::<Vec<_>>(), 0, &device);
+    let mut times = Vec::new();
+    for i in 0..=a.steps {
+        let t = Instant::now();
+        trainer.step(std::slice::from_ref(&batch), 1e-5)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    let tps = (a.batch * a.seq) as f64 / step_s;
+    let mode = if a.lora_rank.is_some() { "lora" } else { "full" };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "train", "mode": mode, "model": a.model.model, "device": a.model.device,
+                "threads": threads, "batch": a.batch, "seq": a.seq, "trainable_parameters": trainable,
+                "steps": a.steps, "step_seconds": step_s, "tokens_per_second": tps})
+        );
+    } else {
+        println!("whetstone bench train ({mode}): {} on {} ({} threads)", a.model.model.display(), a.model.device, threads);
+        println!("batch {} x {} tokens, {} trainable parameters, median of {} steps", a.batch, a.seq, trainable, a.steps);
+        println!("step        {step_s:.3} s");
+        println!("throughput  {tps:.0} tokens/s");
     }
     Ok(())
 }

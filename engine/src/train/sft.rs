@@ -150,16 +150,11 @@ pub fn make_batch(examples: &[&Encoded], pad_id: u32, device: &burn::tensor::Dev
 pub fn nll_sum(model: &Transformer, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
     let logits = model.forward(batch.inputs.clone(), None);
     let [b, t, _] = logits.dims();
-    let correct = logits
-        .clone()
-        .argmax(2)
-        .reshape([b, t])
-        .equal(batch.targets.clone())
-        .float()
-        .mul(batch.weights.clone())
-        .sum();
     let lp = activation::log_softmax(logits, 2);
-    let tok_lp = lp.gather(2, batch.targets.clone().reshape([b, t, 1])).reshape([b, t]);
+    let tok_lp = lp.clone().gather(2, batch.targets.clone().reshape([b, t, 1])).reshape([b, t]);
+    // A target counts as predicted when its log-prob is the row maximum (argmax, ties aside).
+    let best = lp.detach().max_dim(2).reshape([b, t]);
+    let correct = tok_lp.clone().detach().greater_equal(best).float().mul(batch.weights.clone()).sum();
     let nll = tok_lp.neg().mul(batch.weights.clone()).sum();
     (nll, correct)
 }

@@ -1,0 +1,45 @@
+"""Side-by-side for `whetstone bench train`: one SFT training step (forward, backward, global-norm
+clip, AdamW) of SmolLM2-135M-shaped weights on random tokens, batch 4 x 256, CPU, float32.
+
+  pip install torch transformers gguf accelerate peft
+  python bench/train_step_pytorch.py ~/.cache/whetstone/models/SmolLM2-135M-Instruct.Q4_1.gguf [--lora-rank 8]
+"""
+import argparse, json, os, statistics, time
+import torch
+from transformers import AutoModelForCausalLM
+
+ap = argparse.ArgumentParser()
+ap.add_argument("gguf")
+ap.add_argument("--batch", type=int, default=4)
+ap.add_argument("--seq", type=int, default=256)
+ap.add_argument("--lora-rank", type=int)
+ap.add_argument("--steps", type=int, default=3)
+a = ap.parse_args()
+torch.set_num_threads(os.cpu_count())
+torch.manual_seed(0)
+d, f = os.path.dirname(a.gguf), os.path.basename(a.gguf)
+model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+if a.lora_rank:
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(model, LoraConfig(r=a.lora_rank, lora_alpha=2 * a.lora_rank, lora_dropout=0.0,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+model.train()
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq + 1))
+times = []
+for i in range(a.steps + 1):
+    t = time.perf_counter()
+    logits = model(input_ids=ids[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if i:
+        times.append(time.perf_counter() - t)
+step = statistics.median(times)
+print(json.dumps({"bench": "train", "impl": f"torch {torch.__version__}", "mode": "lora" if a.lora_rank else "full",
+                  "threads": torch.get_num_threads(), "batch": a.batch, "seq": a.seq,
+                  "trainable_parameters": sum(p.numel() for p in params), "steps": a.steps,
+                  "step_seconds": step, "tokens_per_second": a.batch * a.seq / step}))
