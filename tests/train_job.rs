@@ -165,6 +165,18 @@ fn cli_train_and_export_lora_adapter_and_merged() {
 }
 
 #[test]
+fn job_paths_resolve_relative_to_the_file_and_home() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("j.toml");
+    std::fs::write(&p, "method = \"sft\"\nmodel = \"~/m.gguf\"\n[dataset]\npath = \"data/x.jsonl\"\n").unwrap();
+    let s = JobSpec::from_file(&p).unwrap();
+    assert_eq!(s.model, PathBuf::from(std::env::var_os("HOME").unwrap()).join("m.gguf"));
+    assert_eq!(s.dataset.path, tmp.path().join("data/x.jsonl"));
+    assert_eq!(s.output, tmp.path().join("runs"));
+    assert_eq!(s.train, whetstone_engine::train::job::TrainSpec::default());
+}
+
+#[test]
 fn bad_job_files_give_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let base = std::fs::read_to_string(job(tmp.path(), "llama", "")).unwrap();

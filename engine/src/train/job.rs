@@ -143,6 +143,9 @@ impl JobSpec {
         let mut spec = Self::from_toml(&text).map_err(|e| anyhow!("{}:{e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut spec.model, &mut spec.dataset.path, &mut spec.output] {
+            if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), std::env::var_os("HOME")) {
+                *p = PathBuf::from(home).join(rest);
+            }
             if p.is_relative() {
                 *p = base.join(&*p);
             }
