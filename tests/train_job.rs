@@ -207,6 +207,9 @@ fn nan_loss_stops_the_job_and_keeps_the_checkpoint() {
     let Some(JobEvent::Failed { reason }) = evs.last() else { panic!("did not fail: {:?}", evs.last()) };
     assert!(reason.contains("loss became") && reason.contains("last checkpoint"), "{reason}");
     assert!(whetstone_engine::train::job::latest_checkpoint(&tmp.path().join("runs/nan")).is_some());
+    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("runs/nan/run.json")).unwrap()).unwrap();
+    assert_eq!(card["status"], "failed");
+    assert!(card["failure"].as_str().unwrap().contains("loss became"));
 }
 
 #[test]

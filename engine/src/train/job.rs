@@ -427,7 +427,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         }
     }
 
-    let mut lm = LoadedModel::load(&spec.model, &device.clone().autodiff())?;
+    let lm = LoadedModel::load(&spec.model, &device.clone().autodiff())?;
     let eos = lm.tokenizer.eos_id().or_else(|| lm.eos_ids().first().copied());
     let pad = lm.tokenizer.pad_id().or(eos).unwrap_or(0);
     let encoded: Vec<Encoded> = examples
@@ -488,7 +488,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
             .open(run_dir.join("metrics.jsonl"))
             .with_context(|| format!("{}: cannot open metrics.jsonl", run_dir.display()))?,
     );
-    let started = chrono_now();
+    let started = unix_seconds();
     let dataset_hash = sha256_file(&spec.dataset.path)?;
     let base_hash = model_hash(&spec.model)?;
     sink.emit(JobEvent::Started {
@@ -507,60 +507,69 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
     let mut last: Option<StepRecord> = None;
     let mut last_eval: Option<EvalRecord> = None;
     let mut outcome = "finished";
-    while state.step < total_steps {
-        if cancel.load(Ordering::SeqCst) {
-            outcome = "cancelled";
-            break;
+    let mut failure: Option<String> = None;
+    let mut train_loop = || -> Result<()> {
+        while state.step < total_steps {
+            if cancel.load(Ordering::SeqCst) {
+                outcome = "cancelled";
+                break;
+            }
+            let step = state.step; // 0-based index of the step about to run
+            let epoch = step / steps_per_epoch.max(1);
+            let order = epoch_order(&train_idx, epoch, spec.seed);
+            let start = (step % steps_per_epoch.max(1)) * per_step;
+            let chunk: Vec<&Encoded> = order[start..(start + per_step).min(order.len())].iter().map(|&i| &encoded[i]).collect();
+            if spec.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+                device.seed(spec.seed.wrapping_add(step as u64)); // dropout masks reproducible on resume
+            }
+            let micro: Vec<_> = chunk.chunks(t_cfg.batch_size).map(|c| make_batch(c, pad, &device)).collect();
+            let lr = lr_at(step as u64, total_steps as u64, warmup, t_cfg.lr, t_cfg.decay);
+            let t_step = Instant::now();
+            let m: StepMetrics = trainer.step(&micro, lr)?;
+            let dt = t_step.elapsed().as_secs_f64();
+            state.step += 1;
+            state.optimizer_step = trainer.optim.step;
+            state.tokens_seen += m.tokens;
+            state.elapsed_seconds = elapsed0 + t0.elapsed().as_secs_f64();
+            if !m.loss.is_finite() || !m.grad_norm.is_finite() {
+                let kept = latest_checkpoint(&run_dir).map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
+                bail!("loss became {} at step {}; stopped (last checkpoint: {kept}). Try a lower train.lr", m.loss, state.step);
+            }
+            let rec = StepRecord {
+                step: state.step,
+                epoch,
+                loss: m.loss,
+                lr,
+                grad_norm: m.grad_norm,
+                token_accuracy: m.token_accuracy,
+                tokens: m.tokens,
+                tokens_seen: state.tokens_seen,
+                tokens_per_second: m.tokens as f64 / dt.max(1e-9),
+                elapsed_seconds: state.elapsed_seconds,
+            };
+            sink.emit(JobEvent::Step(rec.clone()));
+            last = Some(rec);
+            let done = state.step == total_steps;
+            if !eval_idx.is_empty() && (done || (t_cfg.eval_every > 0 && state.step % t_cfg.eval_every == 0)) {
+                let e = evaluate(&trainer, &encoded, &eval_idx, t_cfg.batch_size, pad, &device, state.step)?;
+                sink.emit(JobEvent::Eval(e.clone()));
+                last_eval = Some(e);
+            }
+            if done || (t_cfg.checkpoint_every > 0 && state.step % t_cfg.checkpoint_every == 0) {
+                let p = write_checkpoint(&run_dir, &trainer, &state)?;
+                sink.emit(JobEvent::Checkpoint { step: state.step, path: p });
+            }
+            if opts.stop_after.is_some_and(|s| state.step >= s) && !done {
+                outcome = "cancelled";
+                break;
+            }
         }
-        let step = state.step; // 0-based index of the step about to run
-        let epoch = step / steps_per_epoch.max(1);
-        let order = epoch_order(&train_idx, epoch, spec.seed);
-        let start = (step % steps_per_epoch.max(1)) * per_step;
-        let chunk: Vec<&Encoded> = order[start..(start + per_step).min(order.len())].iter().map(|&i| &encoded[i]).collect();
-        if spec.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
-            device.seed(spec.seed.wrapping_add(step as u64)); // dropout masks reproducible on resume
-        }
-        let micro: Vec<_> = chunk.chunks(t_cfg.batch_size).map(|c| make_batch(c, pad, &device)).collect();
-        let lr = lr_at(step as u64, total_steps as u64, warmup, t_cfg.lr, t_cfg.decay);
-        let t_step = Instant::now();
-        let m: StepMetrics = trainer.step(&micro, lr)?;
-        let dt = t_step.elapsed().as_secs_f64();
-        state.step += 1;
-        state.optimizer_step = trainer.optim.step;
-        state.tokens_seen += m.tokens;
-        state.elapsed_seconds = elapsed0 + t0.elapsed().as_secs_f64();
-        if !m.loss.is_finite() || !m.grad_norm.is_finite() {
-            let kept = latest_checkpoint(&run_dir).map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
-            bail!("loss became {} at step {}; stopped (last checkpoint: {kept}). Try a lower train.lr", m.loss, state.step);
-        }
-        let rec = StepRecord {
-            step: state.step,
-            epoch,
-            loss: m.loss,
-            lr,
-            grad_norm: m.grad_norm,
-            token_accuracy: m.token_accuracy,
-            tokens: m.tokens,
-            tokens_seen: state.tokens_seen,
-            tokens_per_second: m.tokens as f64 / dt.max(1e-9),
-            elapsed_seconds: state.elapsed_seconds,
-        };
-        sink.emit(JobEvent::Step(rec.clone()));
-        last = Some(rec);
-        let done = state.step == total_steps;
-        if !eval_idx.is_empty() && (done || (t_cfg.eval_every > 0 && state.step % t_cfg.eval_every == 0)) {
-            let e = evaluate(&trainer, &encoded, &eval_idx, t_cfg.batch_size, pad, &device, state.step)?;
-            sink.emit(JobEvent::Eval(e.clone()));
-            last_eval = Some(e);
-        }
-        if done || (t_cfg.checkpoint_every > 0 && state.step % t_cfg.checkpoint_every == 0) {
-            let p = write_checkpoint(&run_dir, &trainer, &state)?;
-            sink.emit(JobEvent::Checkpoint { step: state.step, path: p });
-        }
-        if opts.stop_after.is_some_and(|s| state.step >= s) && !done {
-            outcome = "cancelled";
-            break;
-        }
+        Ok(())
+    };
+    let result = train_loop();
+    if let Err(e) = &result {
+        outcome = "failed";
+        failure = Some(format!("{e:#}"));
     }
     let card = serde_json::json!({
         "run_id": run_id,
@@ -574,8 +583,9 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         "device": crate::device::device_label(&device_name),
         "versions": {"whetstone": env!("CARGO_PKG_VERSION"), "burn": "0.22.1"},
         "started": started,
-        "ended": chrono_now(),
+        "ended": unix_seconds(),
         "status": outcome,
+        "failure": failure,
         "steps": state.step,
         "total_steps": total_steps,
         "tokens_seen": state.tokens_seen,
@@ -583,12 +593,12 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         "memory_estimate": memory,
     });
     atomic_write(&run_dir.join("run.json"), serde_json::to_string_pretty(&card)?.as_bytes())?;
+    result?;
     if outcome == "cancelled" {
         sink.emit(JobEvent::Cancelled { step: state.step });
     } else {
         sink.emit(JobEvent::Finished { step: state.step, run_dir: run_dir.clone() });
     }
-    let _ = &mut lm;
     Ok(())
 }
 
@@ -626,9 +636,9 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     atomic_write(path, kept.as_bytes())
 }
 
-fn chrono_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("{secs}")
+/// Seconds since the Unix epoch (run.json's `started` / `ended`).
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Read a run's metrics.jsonl back as events.
