@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod job;
+pub mod losses;
 pub mod memory;
 pub mod optim;
 pub mod sft;
