@@ -1,10 +1,12 @@
 //! Training: optimisation shared by every method, and one file per method.
 
 pub mod checkpoint;
+pub mod dpo;
 pub mod job;
 pub mod losses;
 pub mod memory;
 pub mod optim;
+pub mod reward;
 pub mod sft;
 
 use anyhow::Result;

@@ -1,0 +1,127 @@
+//! Direct Preference Optimisation (Rafailov et al. 2023): raise the policy's log-ratio of the
+//! chosen over the rejected response relative to a frozen reference. Reference log-probs are
+//! computed once per example. Metrics carry TRL's names.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, ensure};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::losses::{DpoVariant, dpo_loss};
+use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
+use super::sft::{Batch, Encoded, make_batch};
+use crate::model::Transformer;
+
+/// Summed log-probability of each row's target tokens, `[B]`.
+pub fn sequence_logps(model: &Transformer, batch: &Batch) -> Tensor<1> {
+    let logits = model.forward(batch.inputs.clone(), None);
+    let [b, t, _] = logits.dims();
+    let lp = burn::tensor::activation::log_softmax(logits, 2);
+    let tok = lp.gather(2, batch.targets.clone().reshape([b, t, 1])).reshape([b, t]);
+    (tok * batch.weights.clone()).sum_dim(1).reshape([b])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DpoMetrics {
+    pub loss: f64,
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    pub grad_norm: f64,
+}
+
+/// One preference pair, encoded (targets = response tokens).
+#[derive(Debug, Clone)]
+pub struct EncodedPair {
+    pub chosen: Encoded,
+    pub rejected: Encoded,
+}
+
+pub struct DpoTrainer {
+    pub policy: Transformer,
+    /// Frozen reference (a plain-device copy of the starting policy).
+    pub reference: Transformer,
+    pub optim: AdamW,
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub variant: DpoVariant,
+    pub max_grad_norm: Option<f64>,
+    ref_cache: HashMap<Vec<u32>, f32>,
+}
+
+impl DpoTrainer {
+    pub fn new(policy: Transformer, adamw: AdamWConfig, beta: f64) -> Self {
+        let reference = policy.without_autodiff();
+        Self {
+            policy,
+            reference,
+            optim: AdamW::new(adamw),
+            beta,
+            label_smoothing: 0.0,
+            variant: DpoVariant::Sigmoid,
+            max_grad_norm: Some(1.0),
+            ref_cache: HashMap::new(),
+        }
+    }
+
+    /// Reference log-probs of sequences, computed once each and cached.
+    fn reference_logps(&mut self, seqs: &[&Encoded], pad: u32) -> Vec<f32> {
+        let missing: Vec<&Encoded> = seqs.iter().copied().filter(|e| !self.ref_cache.contains_key(&e.ids)).collect();
+        if !missing.is_empty() {
+            let device = self.reference.device();
+            let b = make_batch(&missing, pad, &device);
+            let v = sequence_logps(&self.reference, &b).try_into_vec_as::<f32>().expect("float");
+            for (e, lp) in missing.iter().zip(v) {
+                self.ref_cache.insert(e.ids.clone(), lp);
+            }
+        }
+        seqs.iter().map(|e| self.ref_cache[&e.ids]).collect()
+    }
+
+    pub fn step(&mut self, pairs: &[EncodedPair], pad: u32, lr: f64) -> Result<DpoMetrics> {
+        ensure!(!pairs.is_empty(), "no preference pairs in this step");
+        let n = pairs.len();
+        let seqs: Vec<&Encoded> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
+        let refs = self.reference_logps(&seqs, pad);
+        let device = self.policy.device();
+        let batch = make_batch(&seqs, pad, &device);
+        let logps = sequence_logps(&self.policy, &batch);
+        let pc = logps.clone().slice_dim(0, 0..n);
+        let pr = logps.slice_dim(0, n..2 * n);
+        let rc = Tensor::<1>::from_data(TensorData::new(refs[..n].to_vec(), [n]), &device);
+        let rr = Tensor::<1>::from_data(TensorData::new(refs[n..].to_vec(), [n]), &device);
+        let (loss, rw_c, rw_r) = dpo_loss(pc.clone(), pr.clone(), rc, rr, self.beta, self.label_smoothing, self.variant);
+        let loss_v = loss.clone().into_scalar::<f32>() as f64;
+        let mut grads = GradientsParams::from_grads(loss.backward(), &self.policy);
+        let grad_norm = global_grad_norm(&self.policy, &grads);
+        let scale = clip_scale(grad_norm, self.max_grad_norm);
+        self.policy = self.optim.step(self.policy.clone(), &mut grads, lr, scale);
+        let rc = rw_c.try_into_vec_as::<f32>().expect("float");
+        let rr = rw_r.try_into_vec_as::<f32>().expect("float");
+        let pcv = pc.detach().try_into_vec_as::<f32>().expect("float");
+        let prv = pr.detach().try_into_vec_as::<f32>().expect("float");
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let margins: Vec<f32> = rc.iter().zip(&rr).map(|(a, b)| a - b).collect();
+        Ok(DpoMetrics {
+            loss: loss_v,
+            rewards_chosen: mean(&rc),
+            rewards_rejected: mean(&rr),
+            rewards_margins: mean(&margins),
+            rewards_accuracies: margins.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64,
+            logps_chosen: mean(&pcv),
+            logps_rejected: mean(&prv),
+            grad_norm,
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! Reward model: the language-model backbone with a scalar head, read at the last non-pad token
+//! of each sequence, trained with the pairwise loss −log σ(r_chosen − r_rejected). Exported in
+//! Hugging Face's sequence-classification layout (`score.weight`, `num_labels: 1`).
+
+use anyhow::{Result, ensure};
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::losses::pairwise_reward_loss;
+use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
+use crate::model::Transformer;
+
+#[derive(Module, Debug)]
+pub struct RewardModel {
+    pub backbone: Transformer,
+    /// hidden → 1, no bias (HF `score`).
+    pub head: Linear,
+}
+
+impl RewardModel {
+    /// A new head, initialised N(0, 1/sqrt(hidden))-style from a seeded generator.
+    pub fn new(backbone: Transformer, hidden: usize, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let device = backbone.device();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5C0E);
+        let std = 1.0 / (hidden as f64).sqrt();
+        let w: Vec<f32> = (0..hidden).map(|_| (rng.random::<f64>() * 2.0 - 1.0) as f32 * std as f32).collect();
+        let head = Linear { weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [hidden, 1]), &device)), bias: None };
+        Self { backbone, head }
+    }
+
+    /// Scores `[B]` of padded sequences (`ids` `[B, T]`) read at position `last[b]`.
+    pub fn score(&self, ids: Tensor<2, Int>, last: &[usize]) -> Tensor<1> {
+        let h = self.backbone.forward_hidden(ids, None); // [B, T, H]
+        let [b, _, d] = h.dims();
+        let device = h.device();
+        let idx: Vec<i32> = last.iter().flat_map(|&l| std::iter::repeat_n(l as i32, d)).collect();
+        let idx = Tensor::<3, Int>::from_data(TensorData::new(idx, [b, 1, d]), &device);
+        let at_last = h.gather(1, idx).reshape([b, d]);
+        self.head.forward(at_last).reshape([b])
+    }
+}
+
+/// Right-padded ids `[B, T]` of whole sequences and each one's last index.
+pub fn score_batch(seqs: &[&[u32]], pad: u32, device: &Device) -> (Tensor<2, Int>, Vec<usize>) {
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let mut ids = vec![pad as i32; seqs.len() * t];
+    for (i, s) in seqs.iter().enumerate() {
+        for (j, &x) in s.iter().enumerate() {
+            ids[i * t + j] = x as i32;
+        }
+    }
+    let last = seqs.iter().map(|s| s.len().saturating_sub(1)).collect();
+    (Tensor::from_data(TensorData::new(ids, [seqs.len(), t]), device), last)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RewardMetrics {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub chosen_mean: f64,
+    pub rejected_mean: f64,
+    pub margin: f64,
+    pub grad_norm: f64,
+}
+
+pub struct RewardTrainer {
+    pub model: RewardModel,
+    pub optim: AdamW,
+    pub max_grad_norm: Option<f64>,
+}
+
+impl RewardTrainer {
+    pub fn new(model: RewardModel, adamw: AdamWConfig) -> Self {
+        Self { model, optim: AdamW::new(adamw), max_grad_norm: Some(1.0) }
+    }
+
+    fn metrics(loss: f64, c: &[f32], r: &[f32], grad_norm: f64) -> RewardMetrics {
+        let n = c.len() as f64;
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        RewardMetrics {
+            loss,
+            accuracy: c.iter().zip(r).filter(|(a, b)| a > b).count() as f64 / n,
+            chosen_mean: mean(c),
+            rejected_mean: mean(r),
+            margin: mean(c) - mean(r),
+            grad_norm,
+        }
+    }
+
+    /// One step on pairs of (chosen, rejected) token sequences.
+    pub fn step(&mut self, chosen: &[&[u32]], rejected: &[&[u32]], pad: u32, lr: f64) -> Result<RewardMetrics> {
+        ensure!(!chosen.is_empty() && chosen.len() == rejected.len(), "need the same number of chosen and rejected sequences");
+        let n = chosen.len();
+        let device = self.model.backbone.device();
+        let all: Vec<&[u32]> = chosen.iter().chain(rejected).copied().collect();
+        let (ids, last) = score_batch(&all, pad, &device);
+        let s = self.model.score(ids, &last);
+        let (sc, sr) = (s.clone().slice_dim(0, 0..n), s.slice_dim(0, n..2 * n));
+        let loss = pairwise_reward_loss(sc.clone(), sr.clone());
+        let loss_v = loss.clone().into_scalar::<f32>() as f64;
+        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let grad_norm = global_grad_norm(&self.model, &grads);
+        let scale = clip_scale(grad_norm, self.max_grad_norm);
+        self.model = self.optim.step(self.model.clone(), &mut grads, lr, scale);
+        let c = sc.detach().try_into_vec_as::<f32>().expect("float");
+        let r = sr.detach().try_into_vec_as::<f32>().expect("float");
+        Ok(Self::metrics(loss_v, &c, &r, grad_norm))
+    }
+
+    /// Accuracy and mean scores on held-out pairs, without training.
+    pub fn evaluate(&self, chosen: &[&[u32]], rejected: &[&[u32]], pad: u32) -> RewardMetrics {
+        let model = self.model.valid();
+        let device = model.backbone.device();
+        let all: Vec<&[u32]> = chosen.iter().chain(rejected).copied().collect();
+        let (ids, last) = score_batch(&all, pad, &device);
+        let s = model.score(ids, &last).try_into_vec_as::<f32>().expect("float");
+        let n = chosen.len();
+        let (c, r) = s.split_at(n);
+        let loss = c.iter().zip(r).map(|(a, b)| (1.0 + (-(a - b) as f64).exp()).ln()).sum::<f64>() / n as f64;
+        Self::metrics(loss, c, r, 0.0)
+    }
+}

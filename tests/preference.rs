@@ -1,0 +1,88 @@
+//! Reward model and DPO on tiny fixtures: the reward model separates a synthetic preference set
+//! on held-out pairs; DPO drives rewards/accuracies up and margins positive.
+
+mod common;
+
+use common::*;
+use whetstone_engine::Device;
+use whetstone_engine::model::LoadedModel;
+use whetstone_engine::train::dpo::{DpoTrainer, EncodedPair};
+use whetstone_engine::train::optim::AdamWConfig;
+use whetstone_engine::train::reward::{RewardModel, RewardTrainer};
+use whetstone_engine::train::sft::{SftExample, encode};
+
+const SYMPTOMS: [&str; 12] = [
+    "chest pain", "a mild cough", "a stiff neck", "sneezing", "slurred speech", "a small cut",
+    "fainting", "an itchy rash", "heavy bleeding", "a sore throat", "a seizure", "a runny nose",
+];
+
+fn pairs(prompts: &[&str]) -> Vec<(String, String, String)> {
+    prompts
+        .iter()
+        .map(|s| (format!("Patient has {s}."), "Assess urgency and advise care.".to_string(), "Whatever, google it.".to_string()))
+        .collect()
+}
+
+fn refs(v: &[Vec<u32>]) -> Vec<&[u32]> {
+    v.iter().map(|x| x.as_slice()).collect()
+}
+
+#[test]
+fn reward_model_separates_held_out_pairs() {
+    let ad = Device::flex().autodiff();
+    let lm = LoadedModel::load(&fixture("tiny-models/llama"), &ad).unwrap();
+    let tok = &lm.tokenizer;
+    let hidden = lm.config.hidden_size;
+    let enc = |p: &str, r: &str| tok.apply_chat(&[whetstone_engine::text::chat_template::Message::new("user", p), whetstone_engine::text::chat_template::Message::new("assistant", r)], false).unwrap().1;
+    let train = pairs(&SYMPTOMS[..8]);
+    let held = pairs(&SYMPTOMS[8..]);
+    let to_ids = |set: &[(String, String, String)]| -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        (set.iter().map(|(p, c, _)| enc(p, c)).collect(), set.iter().map(|(p, _, r)| enc(p, r)).collect())
+    };
+    let (tc, tr) = to_ids(&train);
+    let (hc, hr) = to_ids(&held);
+    let pad = tok.pad_id().unwrap();
+    let mut t = RewardTrainer::new(RewardModel::new(lm.model.clone(), hidden, 1), AdamWConfig::default());
+    let before = t.evaluate(&refs(&hc), &refs(&hr), pad);
+    let mut last = None;
+    for _ in 0..30 {
+        last = Some(t.step(&refs(&tc), &refs(&tr), pad, 1e-3).unwrap());
+    }
+    let m = last.unwrap();
+    assert!(m.loss < 0.1 && m.accuracy == 1.0, "{m:?}");
+    let after = t.evaluate(&refs(&hc), &refs(&hr), pad);
+    assert!(after.accuracy > 0.9, "held-out accuracy {} (before {})", after.accuracy, before.accuracy);
+    assert!(after.margin > 0.0 && after.margin > before.margin, "{after:?}");
+}
+
+#[test]
+fn dpo_raises_reward_accuracy_and_margins() {
+    let ad = Device::flex().autodiff();
+    let lm = LoadedModel::load(&fixture("tiny-models/qwen3"), &ad).unwrap();
+    let tok = &lm.tokenizer;
+    let eos = tok.eos_id();
+    let data: Vec<EncodedPair> = pairs(&SYMPTOMS[..6])
+        .iter()
+        .map(|(p, c, r)| EncodedPair {
+            chosen: encode(tok, &SftExample::from_pair(None, p, c), 128, false, eos).unwrap(),
+            rejected: encode(tok, &SftExample::from_pair(None, p, r), 128, false, eos).unwrap(),
+        })
+        .collect();
+    let pad = tok.pad_id().unwrap();
+    let mut t = DpoTrainer::new(lm.model.clone(), AdamWConfig::default(), 0.1);
+    let first = t.step(&data, pad, 2e-3).unwrap();
+    // At step one the policy is the reference: zero rewards, loss log 2.
+    assert!(first.rewards_chosen.abs() < 1e-4 && first.rewards_margins.abs() < 1e-4, "{first:?}");
+    assert!((first.loss - std::f64::consts::LN_2).abs() < 1e-4);
+    let mut m = first;
+    for _ in 0..15 {
+        m = t.step(&data, pad, 2e-3).unwrap();
+    }
+    assert_eq!(m.rewards_accuracies, 1.0, "{m:?}");
+    assert!(m.rewards_margins > 0.5 && m.loss < first.loss * 0.8, "{m:?}");
+    assert!(m.logps_chosen > m.logps_rejected, "{m:?}");
+    let names = serde_json::to_value(m).unwrap();
+    for k in ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"] {
+        assert!(names.get(k).is_some(), "metric {k} missing");
+    }
+}
