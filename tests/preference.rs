@@ -53,6 +53,16 @@ fn reward_model_separates_held_out_pairs() {
     let after = t.evaluate(&refs(&hc), &refs(&hr), pad);
     assert!(after.accuracy > 0.9, "held-out accuracy {} (before {})", after.accuracy, before.accuracy);
     assert!(after.margin > 0.0 && after.margin > before.margin, "{after:?}");
+
+    // HF sequence-classification export
+    let out = tempfile::tempdir().unwrap();
+    t.model.save_hf(out.path(), &lm).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "LlamaForSequenceClassification");
+    assert_eq!(cfg["num_labels"], 1);
+    let st = whetstone_engine::io::safetensors::SafetensorsFolder::open(out.path()).unwrap();
+    assert_eq!(st.get("score.weight").unwrap().shape, vec![1, hidden]);
+    assert!(!st.contains("lm_head.weight"));
 }
 
 #[test]

@@ -124,3 +124,40 @@ impl RewardTrainer {
         Self::metrics(loss, c, r, 0.0)
     }
 }
+
+impl RewardModel {
+    /// Write an HF sequence-classification folder (`*ForSequenceClassification`, `score.weight`
+    /// `[1, hidden]`, `num_labels: 1`) with the tokenizer files, atomically per file.
+    pub fn save_hf(&self, dir: &std::path::Path, base: &crate::model::LoadedModel) -> Result<()> {
+        use crate::io::safetensors::{SaveDtype, write_safetensors};
+        use crate::model::config::Arch;
+        let cfg = &base.config;
+        anyhow::ensure!(cfg.arch != Arch::Gpt2, "reward-model export supports the Llama and Qwen families");
+        let mut tensors = match cfg.arch {
+            Arch::Qwen2 => crate::model::qwen2::to_hf(&self.backbone.to_weights()),
+            Arch::Qwen3 => crate::model::qwen3::to_hf(&self.backbone.to_weights()),
+            _ => crate::model::llama::to_hf(&self.backbone.to_weights()),
+        };
+        tensors.remove("lm_head.weight");
+        let w = crate::model::blocks::linear_to_host(&self.head).0; // [1, hidden]
+        tensors.insert("score.weight".into(), w);
+        std::fs::create_dir_all(dir)?;
+        write_safetensors(&dir.join("model.safetensors"), &tensors, SaveDtype::F32, None)?;
+        let mut c = cfg.to_hf_json("float32");
+        let class = match cfg.arch {
+            Arch::Qwen2 => "Qwen2ForSequenceClassification",
+            Arch::Qwen3 => "Qwen3ForSequenceClassification",
+            _ => "LlamaForSequenceClassification",
+        };
+        let o = c.as_object_mut().expect("object");
+        o.insert("architectures".into(), serde_json::json!([class]));
+        o.insert("num_labels".into(), serde_json::json!(1));
+        o.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
+        o.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
+        if cfg.pad_token_id.is_none() {
+            o.insert("pad_token_id".into(), serde_json::json!(base.tokenizer.pad_id().or(base.tokenizer.eos_id())));
+        }
+        crate::io::atomic_write(&dir.join("config.json"), serde_json::to_string_pretty(&c)?.as_bytes())?;
+        base.tokenizer.save_hf(dir)
+    }
+}
