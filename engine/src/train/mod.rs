@@ -7,6 +7,7 @@ pub mod losses;
 pub mod memory;
 pub mod optim;
 pub mod reward;
+pub mod rewards;
 pub mod sft;
 
 use anyhow::Result;
