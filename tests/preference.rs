@@ -96,3 +96,31 @@ fn dpo_raises_reward_accuracy_and_margins() {
         assert!(names.get(k).is_some(), "metric {k} missing");
     }
 }
+
+#[test]
+fn distillation_lowers_student_teacher_kl() {
+    use whetstone_engine::train::distill::DistillTrainer;
+    use whetstone_engine::train::losses::Divergence;
+    // The tiny fixtures share one tokenizer: a llama teacher, a qwen3 student.
+    let ad = Device::flex().autodiff();
+    let teacher = LoadedModel::load(&fixture("tiny-models/llama"), &Device::flex()).unwrap();
+    let student = LoadedModel::load(&fixture("tiny-models/qwen3"), &ad).unwrap();
+    let tok = &student.tokenizer;
+    let eos = tok.eos_id();
+    let ex: Vec<_> = pairs(&SYMPTOMS[..4])
+        .iter()
+        .map(|(p, c, _)| encode(tok, &SftExample::from_pair(None, p, c), 128, false, eos).unwrap())
+        .collect();
+    let exr: Vec<_> = ex.iter().collect();
+    let pad = tok.pad_id().unwrap();
+    for div in [Divergence::ForwardKl, Divergence::ReverseKl, Divergence::Jsd { beta: 0.5 }] {
+        let mut t = DistillTrainer::new(student.model.clone(), teacher.model.clone(), AdamWConfig::default(), 2.0, div, 0.0);
+        let first = t.step(&exr, pad, 3e-3).unwrap();
+        let mut last = first;
+        for _ in 0..20 {
+            last = t.step(&exr, pad, 3e-3).unwrap();
+        }
+        assert!(last.teacher_student_kl < first.teacher_student_kl * 0.5, "{div:?}: {first:?} -> {last:?}");
+        assert!(last.distill < first.distill, "{div:?}");
+    }
+}

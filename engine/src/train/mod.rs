@@ -1,6 +1,7 @@
 //! Training: optimisation shared by every method, and one file per method.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod dpo;
 pub mod job;
 pub mod losses;
