@@ -124,3 +124,45 @@ fn distillation_lowers_student_teacher_kl() {
         assert!(last.distill < first.distill, "{div:?}");
     }
 }
+
+#[test]
+fn grpo_raises_exact_match_on_a_toy_task() {
+    use whetstone_engine::text::chat_template::Message;
+    use whetstone_engine::train::SftTrainer;
+    use whetstone_engine::train::grpo::{GrpoConfig, GrpoPrompt, GrpoTrainer};
+    use whetstone_engine::train::rewards::{Normalise, Rule, WeightedRule};
+    use whetstone_engine::train::sft::make_batch;
+    let ad = Device::flex().autodiff();
+    let lm = LoadedModel::load(&fixture("tiny-models/qwen3"), &ad).unwrap();
+    let tok = &lm.tokenizer;
+    let eos = tok.eos_id();
+    let pad = tok.pad_id().unwrap();
+    let task = [("Is chest pain an emergency?", "yes"), ("Is a runny nose an emergency?", "no"), ("Is a seizure an emergency?", "yes"), ("Is sneezing an emergency?", "no")];
+    // Warm start: SFT on both answers for every question, so sampling says yes or no about
+    // half the time each; GRPO must then learn which one is right.
+    let warm: Vec<_> = task
+        .iter()
+        .flat_map(|(q, _)| ["yes", "no"].map(|a| encode(tok, &SftExample::from_pair(None, q, a), 64, false, eos).unwrap()))
+        .collect();
+    let mut sft = SftTrainer::new(lm.model.clone(), AdamWConfig::default(), Some(1.0));
+    for _ in 0..40 {
+        sft.step(&[make_batch(&warm.iter().collect::<Vec<_>>(), pad, &ad)], 1e-2).unwrap();
+    }
+    let prompts: Vec<GrpoPrompt> = task
+        .iter()
+        .map(|(q, a)| GrpoPrompt { ids: tok.apply_chat(&[Message::new("user", q)], true).unwrap().1, reference: Some(a.to_string()) })
+        .collect();
+    let cfg = GrpoConfig {
+        group_size: 16,
+        max_new_tokens: 8,
+        rules: vec![WeightedRule { rule: Rule::ExactMatch { normalise: Normalise { trim: true, ..Default::default() } }, weight: 1.0 }],
+        ..Default::default()
+    };
+    let mut g = GrpoTrainer::new(sft.model.clone(), AdamWConfig::default(), cfg, 5);
+    let stop = [tok.eos_id().unwrap()];
+    let rewards: Vec<f64> = (0..30).map(|_| g.step(tok, &prompts, &stop, pad, 3e-3).unwrap().reward_mean).collect();
+    let start = rewards[..2].iter().sum::<f64>() / 2.0;
+    let end = rewards[rewards.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(start > 0.2 && start < 0.8, "warm start should be a coin flip: {rewards:?}");
+    assert!(end > 0.9 && end > start + 0.2, "exact match did not rise: {rewards:?}");
+}

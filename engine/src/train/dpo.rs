@@ -14,12 +14,18 @@ use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
 use super::sft::{Batch, Encoded, make_batch};
 use crate::model::Transformer;
 
-/// Summed log-probability of each row's target tokens, `[B]`.
-pub fn sequence_logps(model: &Transformer, batch: &Batch) -> Tensor<1> {
+/// Log-probability of every next token, `[B, T]` (pad positions included; mask with weights).
+pub fn token_logps(model: &Transformer, batch: &Batch) -> Tensor<2> {
     let logits = model.forward(batch.inputs.clone(), None);
     let [b, t, _] = logits.dims();
     let lp = burn::tensor::activation::log_softmax(logits, 2);
-    let tok = lp.gather(2, batch.targets.clone().reshape([b, t, 1])).reshape([b, t]);
+    lp.gather(2, batch.targets.clone().reshape([b, t, 1])).reshape([b, t])
+}
+
+/// Summed log-probability of each row's target tokens, `[B]`.
+pub fn sequence_logps(model: &Transformer, batch: &Batch) -> Tensor<1> {
+    let tok = token_logps(model, batch);
+    let [b, _] = tok.dims();
     (tok * batch.weights.clone()).sum_dim(1).reshape([b])
 }
 

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod distill;
 pub mod dpo;
+pub mod grpo;
 pub mod job;
 pub mod losses;
 pub mod memory;
