@@ -125,22 +125,24 @@ fn distillation_lowers_student_teacher_kl() {
     }
 }
 
-#[test]
-fn grpo_raises_exact_match_on_a_toy_task() {
-    use whetstone_engine::text::chat_template::Message;
+const YES_NO: [(&str, &str); 4] = [
+    ("Is chest pain an emergency?", "yes"),
+    ("Is a runny nose an emergency?", "no"),
+    ("Is a seizure an emergency?", "yes"),
+    ("Is sneezing an emergency?", "no"),
+];
+
+/// A tiny qwen3 SFT-trained on both answers for every question, so sampling says yes or no
+/// about half the time each; an RL method must then learn which one is right.
+fn yes_no_warm_start() -> (LoadedModel, whetstone_engine::model::Transformer) {
     use whetstone_engine::train::SftTrainer;
-    use whetstone_engine::train::grpo::{GrpoConfig, GrpoPrompt, GrpoTrainer};
-    use whetstone_engine::train::rewards::{Normalise, Rule, WeightedRule};
     use whetstone_engine::train::sft::make_batch;
     let ad = Device::flex().autodiff();
     let lm = LoadedModel::load(&fixture("tiny-models/qwen3"), &ad).unwrap();
     let tok = &lm.tokenizer;
     let eos = tok.eos_id();
     let pad = tok.pad_id().unwrap();
-    let task = [("Is chest pain an emergency?", "yes"), ("Is a runny nose an emergency?", "no"), ("Is a seizure an emergency?", "yes"), ("Is sneezing an emergency?", "no")];
-    // Warm start: SFT on both answers for every question, so sampling says yes or no about
-    // half the time each; GRPO must then learn which one is right.
-    let warm: Vec<_> = task
+    let warm: Vec<_> = YES_NO
         .iter()
         .flat_map(|(q, _)| ["yes", "no"].map(|a| encode(tok, &SftExample::from_pair(None, q, a), 64, false, eos).unwrap()))
         .collect();
@@ -148,6 +150,19 @@ fn grpo_raises_exact_match_on_a_toy_task() {
     for _ in 0..40 {
         sft.step(&[make_batch(&warm.iter().collect::<Vec<_>>(), pad, &ad)], 1e-2).unwrap();
     }
+    let model = sft.model.clone();
+    (lm, model)
+}
+
+#[test]
+fn grpo_raises_exact_match_on_a_toy_task() {
+    use whetstone_engine::text::chat_template::Message;
+    use whetstone_engine::train::grpo::{GrpoConfig, GrpoPrompt, GrpoTrainer};
+    use whetstone_engine::train::rewards::{Normalise, Rule, WeightedRule};
+    let (lm, warm) = yes_no_warm_start();
+    let tok = &lm.tokenizer;
+    let pad = tok.pad_id().unwrap();
+    let task = YES_NO;
     let prompts: Vec<GrpoPrompt> = task
         .iter()
         .map(|(q, a)| GrpoPrompt { ids: tok.apply_chat(&[Message::new("user", q)], true).unwrap().1, reference: Some(a.to_string()) })
@@ -158,11 +173,45 @@ fn grpo_raises_exact_match_on_a_toy_task() {
         rules: vec![WeightedRule { rule: Rule::ExactMatch { normalise: Normalise { trim: true, ..Default::default() } }, weight: 1.0 }],
         ..Default::default()
     };
-    let mut g = GrpoTrainer::new(sft.model.clone(), AdamWConfig::default(), cfg, 5);
+    let mut g = GrpoTrainer::new(warm, AdamWConfig::default(), cfg, 5);
     let stop = [tok.eos_id().unwrap()];
     let rewards: Vec<f64> = (0..30).map(|_| g.step(tok, &prompts, &stop, pad, 3e-3).unwrap().reward_mean).collect();
     let start = rewards[..2].iter().sum::<f64>() / 2.0;
     let end = rewards[rewards.len() - 3..].iter().sum::<f64>() / 3.0;
     assert!(start > 0.2 && start < 0.8, "warm start should be a coin flip: {rewards:?}");
     assert!(end > 0.9 && end > start + 0.2, "exact match did not rise: {rewards:?}");
+}
+
+#[test]
+fn ppo_raises_reward_on_a_rule_while_kl_stays_bounded() {
+    use whetstone_engine::text::chat_template::Message;
+    use whetstone_engine::train::ppo::{PpoConfig, PpoTrainer};
+    use whetstone_engine::train::reward::RewardModel;
+    use whetstone_engine::train::rewards::{Normalise, Rule};
+    let (lm, warm) = yes_no_warm_start();
+    let tok = &lm.tokenizer;
+    let pad = tok.pad_id().unwrap();
+    let stop = [tok.eos_id().unwrap()];
+    // four rollouts of each question per step
+    let prompts: Vec<Vec<u32>> = (0..4).flat_map(|_| YES_NO.iter().map(|(q, _)| tok.apply_chat(&[Message::new("user", q)], true).unwrap().1)).collect();
+    let answers: Vec<&str> = (0..4).flat_map(|_| YES_NO.iter().map(|(_, a)| *a)).collect();
+    let rule = Rule::ExactMatch { normalise: Normalise { trim: true, ..Default::default() } };
+    let critic = RewardModel::new(warm.clone(), lm.config.hidden_size, 3);
+    let cfg = PpoConfig { actor_lr: 3e-3, critic_lr: 1e-3, max_new_tokens: 8, ..Default::default() };
+    let mut p = PpoTrainer::new(warm, critic, cfg, 11);
+    let mut hist = Vec::new();
+    for _ in 0..30 {
+        let m = p
+            .step(&prompts, &stop, pad, &mut |i, r| Ok(rule.score(&tok.decode(r, true)?, Some(answers[i]))))
+            .unwrap();
+        assert!(m.kl_to_reference.is_finite() && m.value_loss.is_finite() && m.entropy >= 0.0);
+        hist.push(m);
+    }
+    let start = hist[..2].iter().map(|m| m.reward_mean).sum::<f64>() / 2.0;
+    let end = hist[hist.len() - 3..].iter().map(|m| m.reward_mean).sum::<f64>() / 3.0;
+    let rewards: Vec<f64> = hist.iter().map(|m| m.reward_mean).collect();
+    assert!(start < 0.8 && end > 0.9, "reward did not rise: {rewards:?}");
+    let max_kl = hist.iter().map(|m| m.kl_to_reference).fold(0.0, f64::max);
+    assert!(max_kl < 3.0, "KL to the reference blew up: {max_kl}");
+    assert!(hist.iter().all(|m| m.generation_seconds > 0.0 && m.training_seconds > 0.0));
 }

@@ -8,6 +8,7 @@ pub mod job;
 pub mod losses;
 pub mod memory;
 pub mod optim;
+pub mod ppo;
 pub mod reward;
 pub mod rewards;
 pub mod sft;
