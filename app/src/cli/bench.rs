@@ -19,6 +19,26 @@ pub enum What {
     Generate(GenArgs),
     /// SFT train-step throughput (forward, backward, AdamW) on random tokens, full or LoRA.
     Train(TrainArgs),
+    /// PPO step time split into generation, scoring and training (LoRA actor and critic).
+    Ppo(PpoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PpoArgs {
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+    /// Prompts (rollouts) per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Timed steps after one warm-up step.
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -61,6 +81,7 @@ pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Generate(g) => bench_generate(g),
         What::Train(t) => bench_train(t),
+        What::Ppo(p) => bench_ppo(p),
     }
 }
 
@@ -163,6 +184,62 @@ fn bench_train(a: TrainArgs) -> Result<()> {
         println!("batch {} x {} tokens, {} trainable parameters, median of {} steps", a.batch, a.seq, trainable, a.steps);
         println!("step        {step_s:.3} s");
         println!("throughput  {tps:.0} tokens/s");
+    }
+    Ok(())
+}
+
+fn bench_ppo(a: PpoArgs) -> Result<()> {
+    use whetstone_engine::model::lora::LoraConfig;
+    use whetstone_engine::text::chat_template::Message;
+    use whetstone_engine::train::ppo::{PpoConfig, PpoTrainer};
+    use whetstone_engine::train::reward::RewardModel;
+    use whetstone_engine::train::rewards::Rule;
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let device = a.model.device()?.autodiff();
+    let m = LoadedModel::load(&a.model.model, &device)?;
+    let lora = LoraConfig { rank: a.lora_rank, alpha: 2.0 * a.lora_rank as f64, ..Default::default() };
+    let actor = m.model.clone().with_lora(&lora, 0)?;
+    let critic = RewardModel::new(m.model.clone().with_lora(&lora, 1)?, m.config.hidden_size, 2);
+    let cfg = PpoConfig { max_new_tokens: a.new_tokens, ..Default::default() };
+    let mut p = PpoTrainer::new(actor, critic, cfg, 0);
+    let questions = ["What should I do for a mild fever?", "When is chest pain an emergency?", "How do I treat a small burn?", "Is a headache after a fall serious?"];
+    let prompts: Vec<Vec<u32>> = (0..a.batch)
+        .map(|i| m.tokenizer.apply_chat(&[Message::new("user", questions[i % questions.len()])], true).map(|x| x.1))
+        .collect::<Result<_>>()?;
+    // Fixed-length responses: the benchmark measures work per token, so EOS is ignored.
+    let rule = Rule::Contains { text: Some("doctor".into()), case_insensitive: true };
+    let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
+    let mut rows = Vec::new();
+    for i in 0..=a.steps {
+        let tok = &m.tokenizer;
+        let s = p.step(&prompts, &[], pad, &mut |_, r| Ok(rule.score(&tok.decode(r, true)?, None)))?;
+        if i > 0 {
+            rows.push(s);
+        }
+    }
+    let med = |f: fn(&whetstone_engine::train::ppo::PpoMetrics) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (g, sc, tr) = (med(|r| r.generation_seconds), med(|r| r.scoring_seconds), med(|r| r.training_seconds));
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "ppo", "model": a.model.model, "device": a.model.device, "threads": threads,
+                "batch": a.batch, "new_tokens": a.new_tokens, "lora_rank": a.lora_rank, "steps": a.steps,
+                "generation_seconds": g, "scoring_seconds": sc, "training_seconds": tr, "step_seconds": g + sc + tr})
+        );
+    } else {
+        println!("whetstone bench ppo: {} on {} ({} threads)", a.model.model.display(), a.model.device, threads);
+        println!("{} rollouts x {} new tokens, LoRA r{} actor and critic, median of {} steps", a.batch, a.new_tokens, a.lora_rank, a.steps);
+        println!("generation  {g:.2} s");
+        println!("scoring     {sc:.2} s");
+        println!("training    {tr:.2} s");
+        println!("step        {:.2} s", g + sc + tr);
     }
     Ok(())
 }
