@@ -117,6 +117,11 @@ pub struct SftColumns {
     pub system: Option<String>,
     /// A column holding a chat as a list of {role, content} (or a JSON string of one).
     pub messages: Option<String>,
+    /// Preference data: the better and the worse response.
+    pub chosen: Option<String>,
+    pub rejected: Option<String>,
+    /// RL data: the reference answer rule rewards compare against.
+    pub reference: Option<String>,
 }
 
 const PROMPT_NAMES: [&str; 5] = ["prompt", "instruction", "question", "query", "input"];
@@ -212,6 +217,60 @@ pub fn sft_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Re
                 None => None,
             };
             Ok(SftExample::from_pair(system.as_deref(), &text_field(r, p, i, &f)?, &text_field(r, resp, i, &f)?))
+        })
+        .collect()
+}
+
+fn column<'a>(explicit: &'a Option<String>, names: &[String], guesses: &[&str]) -> Option<String> {
+    explicit.clone().or_else(|| guesses.iter().find(|g| names.iter().any(|n| n == *g)).map(|s| s.to_string()))
+}
+
+fn require_column(col: Option<String>, role: &str, names: &[String], file: &str) -> Result<String> {
+    let col = col.ok_or_else(|| anyhow!("{file}: no `{role}` column found (columns: {}); map it with {role} = \"…\"", names.join(", ")))?;
+    if !names.contains(&col) {
+        bail!("{file}: column `{col}` not found (columns: {})", names.join(", "));
+    }
+    Ok(col)
+}
+
+/// (prompt, chosen, rejected) triples for reward-model and DPO training.
+pub fn preference_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Result<Vec<(String, String, String)>> {
+    let f = file.display().to_string();
+    let names: Vec<String> = records.first().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+    if records.is_empty() {
+        bail!("{f}: no records");
+    }
+    let p = require_column(column(&columns.prompt, &names, &PROMPT_NAMES), "prompt", &names, &f)?;
+    let c = require_column(column(&columns.chosen, &names, &["chosen"]), "chosen", &names, &f)?;
+    let r = require_column(column(&columns.rejected, &names, &["rejected"]), "rejected", &names, &f)?;
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| Ok((text_field(rec, &p, i, &f)?, text_field(rec, &c, i, &f)?, text_field(rec, &r, i, &f)?)))
+        .collect()
+}
+
+/// (prompt, optional reference answer) pairs for RL (PPO, GRPO).
+pub fn prompt_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Result<Vec<(String, Option<String>)>> {
+    let f = file.display().to_string();
+    let names: Vec<String> = records.first().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+    if records.is_empty() {
+        bail!("{f}: no records");
+    }
+    let p = require_column(column(&columns.prompt, &names, &PROMPT_NAMES), "prompt", &names, &f)?;
+    let reference = match column(&columns.reference, &names, &["reference", "answer", "solution", "response"]) {
+        Some(c) => Some(require_column(Some(c), "reference", &names, &f)?),
+        None => None,
+    };
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| {
+            let r = match &reference {
+                Some(c) => Some(text_field(rec, c, i, &f)?),
+                None => None,
+            };
+            Ok((text_field(rec, &p, i, &f)?, r))
         })
         .collect()
 }

@@ -32,7 +32,69 @@ use crate::model::lora::LoraConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
+    /// Supervised fine-tuning.
     Sft,
+    /// Reward model on preference pairs.
+    Reward,
+    /// Direct preference optimisation on preference pairs.
+    Dpo,
+    /// RLHF with PPO against a reward model or rule rewards.
+    Ppo,
+    /// Group relative policy optimisation with rule rewards.
+    Grpo,
+    /// Teacher → student distillation.
+    Distill,
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Sft => "sft",
+            Method::Reward => "reward",
+            Method::Dpo => "dpo",
+            Method::Ppo => "ppo",
+            Method::Grpo => "grpo",
+            Method::Distill => "distill",
+        }
+    }
+}
+
+/// `[dpo]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoSpec {
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub variant: super::losses::DpoVariant,
+}
+
+impl Default for DpoSpec {
+    fn default() -> Self {
+        Self { beta: 0.1, label_smoothing: 0.0, variant: super::losses::DpoVariant::Sigmoid }
+    }
+}
+
+/// `[distill]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSpec {
+    /// Teacher: HF folder, GGUF or run folder; must share the student's tokenizer.
+    pub teacher: PathBuf,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_divergence")]
+    pub divergence: super::losses::Divergence,
+    /// Weight of the plain SFT loss mixed in.
+    #[serde(default)]
+    pub sft_weight: f64,
+}
+
+fn default_temperature() -> f64 {
+    2.0
+}
+
+fn default_divergence() -> super::losses::Divergence {
+    super::losses::Divergence::ForwardKl
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +177,14 @@ pub struct JobSpec {
     /// Present: train LoRA adapters only.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    #[serde(default)]
+    pub dpo: Option<DpoSpec>,
+    #[serde(default)]
+    pub ppo: Option<super::ppo::PpoConfig>,
+    #[serde(default)]
+    pub grpo: Option<super::grpo::GrpoConfig>,
+    #[serde(default)]
+    pub distill: Option<DistillSpec>,
     #[serde(default = "default_device")]
     pub device: String,
     #[serde(default)]
@@ -142,7 +212,14 @@ impl JobSpec {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read job file", path.display()))?;
         let mut spec = Self::from_toml(&text).map_err(|e| anyhow!("{}:{e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut spec.model, &mut spec.dataset.path, &mut spec.output] {
+        let mut paths = vec![&mut spec.model, &mut spec.dataset.path, &mut spec.output];
+        if let Some(d) = spec.distill.as_mut() {
+            paths.push(&mut d.teacher);
+        }
+        if let Some(r) = spec.ppo.as_mut().and_then(|p| p.reward_model.as_mut()) {
+            paths.push(r);
+        }
+        for p in paths {
             if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), std::env::var_os("HOME")) {
                 *p = PathBuf::from(home).join(rest);
             }
@@ -182,6 +259,27 @@ impl JobSpec {
         if !(0.0..1.0).contains(&self.dataset.validation_fraction) {
             bail!("dataset.validation_fraction must be in [0, 1)");
         }
+        match self.method {
+            Method::Distill if self.distill.is_none() => bail!("method `distill` needs a [distill] section with `teacher`"),
+            Method::Ppo => {
+                let p = self.ppo.clone().unwrap_or_default();
+                if p.reward_model.is_none() && p.rules.is_empty() {
+                    bail!("method `ppo` needs [ppo] reward_model = \"runs/<reward run>\" or [[ppo.rules]]");
+                }
+                if let Some(r) = &p.reward_model {
+                    if !r.join("job.toml").exists() {
+                        bail!("reward model run not found: {}", r.display());
+                    }
+                }
+            }
+            Method::Grpo if self.grpo.as_ref().is_none_or(|g| g.rules.is_empty()) => {
+                bail!("method `grpo` needs at least one [[grpo.rules]] entry")
+            }
+            _ => {}
+        }
+        for r in self.ppo.iter().flat_map(|p| &p.rules).chain(self.grpo.iter().flat_map(|g| &g.rules)) {
+            r.rule.validate()?;
+        }
         if let Some(l) = &self.lora {
             l.target_names()?;
             if l.rank == 0 || !(0.0..1.0).contains(&l.dropout) {
@@ -200,11 +298,16 @@ pub struct StepRecord {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
-    pub token_accuracy: f64,
+    /// SFT's next-token accuracy on the step's targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_accuracy: Option<f64>,
     pub tokens: usize,
     pub tokens_seen: usize,
     pub tokens_per_second: f64,
     pub elapsed_seconds: f64,
+    /// Method-specific metrics by their usual names (e.g. `rewards/margins`, `kl`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,7 +371,7 @@ pub fn spawn(spec: JobSpec, opts: RunOptions) -> JobHandle {
         .name("whetstone-job".into())
         .spawn(move || {
             let mut sink = EventSink { tx, file: None };
-            match run(spec, opts, &c, &mut sink) {
+            match run_any(spec, opts, &c, &mut sink) {
                 Ok(()) => {}
                 Err(e) => sink.emit(JobEvent::Failed { reason: format!("{e:#}") }),
             }
@@ -288,7 +391,7 @@ pub fn spawn_queue(jobs: Vec<(JobSpec, RunOptions)>) -> JobHandle {
                 break;
             }
             let mut sink = EventSink { tx: tx.clone(), file: None };
-            if let Err(e) = run(spec, opts, &c, &mut sink) {
+            if let Err(e) = run_any(spec, opts, &c, &mut sink) {
                 sink.emit(JobEvent::Failed { reason: format!("{e:#}") });
             }
         }
@@ -296,13 +399,20 @@ pub fn spawn_queue(jobs: Vec<(JobSpec, RunOptions)>) -> JobHandle {
     JobHandle { events: rx, cancel, thread: Some(thread) }
 }
 
-struct EventSink {
+fn run_any(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSink) -> Result<()> {
+    match spec.method {
+        Method::Sft => run(spec, opts, cancel, sink),
+        _ => super::methods::run_method(spec, opts, cancel, sink),
+    }
+}
+
+pub(crate) struct EventSink {
     tx: Sender<JobEvent>,
-    file: Option<std::fs::File>,
+    pub(crate) file: Option<std::fs::File>,
 }
 
 impl EventSink {
-    fn emit(&mut self, e: JobEvent) {
+    pub(crate) fn emit(&mut self, e: JobEvent) {
         if let Some(f) = &mut self.file {
             if let Ok(line) = serde_json::to_string(&e) {
                 let _ = writeln!(f, "{line}");
@@ -313,7 +423,7 @@ impl EventSink {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     std::io::copy(&mut f, &mut h)?;
@@ -321,7 +431,7 @@ fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Hash of a model: the GGUF file, or the folder's config and weight files.
-fn model_hash(path: &Path) -> Result<String> {
+pub(crate) fn model_hash(path: &Path) -> Result<String> {
     if path.is_file() {
         return sha256_file(path);
     }
@@ -362,7 +472,7 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     v.pop()
 }
 
-fn write_checkpoint(run_dir: &Path, trainer: &SftTrainer, state: &TrainState) -> Result<PathBuf> {
+pub(crate) fn write_checkpoint(run_dir: &Path, trainer: &SftTrainer, state: &TrainState) -> Result<PathBuf> {
     let dst = checkpoint_dir(run_dir, state.step);
     let tmp = run_dir.join("checkpoints").join(format!(".tmp-step-{:07}", state.step));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -375,13 +485,13 @@ fn write_checkpoint(run_dir: &Path, trainer: &SftTrainer, state: &TrainState) ->
     Ok(dst)
 }
 
-fn read_all(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+pub(crate) fn read_all(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let st = SafetensorsFolder::open_file(path)?;
     st.names().map(|n| Ok((n.to_string(), st.get(n)?))).collect()
 }
 
 /// Split examples: a seeded held-out fraction for evaluation.
-fn split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub(crate) fn split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5B17));
     let n_eval = ((n as f64) * fraction).round() as usize;
@@ -393,7 +503,7 @@ fn split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// Order of training examples in `epoch` (seeded, independent of earlier epochs).
-fn epoch_order(train: &[usize], epoch: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn epoch_order(train: &[usize], epoch: usize, seed: u64) -> Vec<usize> {
     let mut v = train.to_vec();
     v.shuffle(&mut ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)));
     v
@@ -408,7 +518,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
     // Data.
     let records = read_records(&spec.dataset.path)?;
     let examples = sft_examples(&records, &spec.dataset.columns, &spec.dataset.path)?;
-    let config = crate::model::read_config(&spec.model)?;
+    let config = base_config(&spec.model)?;
 
     // Memory check before loading weights onto the device.
     let trainable = match &spec.lora {
@@ -427,7 +537,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         }
     }
 
-    let lm = LoadedModel::load(&spec.model, &device.clone().autodiff())?;
+    let lm = load_base(&spec.model, &device.clone().autodiff())?;
     let eos = lm.tokenizer.eos_id().or_else(|| lm.eos_ids().first().copied());
     let pad = lm.tokenizer.pad_id().or(eos).unwrap_or(0);
     let encoded: Vec<Encoded> = examples
@@ -541,11 +651,12 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
                 loss: m.loss,
                 lr,
                 grad_norm: m.grad_norm,
-                token_accuracy: m.token_accuracy,
+                token_accuracy: Some(m.token_accuracy),
                 tokens: m.tokens,
                 tokens_seen: state.tokens_seen,
                 tokens_per_second: m.tokens as f64 / dt.max(1e-9),
                 elapsed_seconds: state.elapsed_seconds,
+                metrics: BTreeMap::new(),
             };
             sink.emit(JobEvent::Step(rec.clone()));
             last = Some(rec);
@@ -618,7 +729,7 @@ fn evaluate(trainer: &SftTrainer, encoded: &[Encoded], idx: &[usize], bs: usize,
 }
 
 /// Keep only the metrics lines up to `step` (a resumed run writes the rest again).
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let mut kept = String::new();
     for line in text.lines() {
@@ -637,7 +748,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 }
 
 /// Seconds since the Unix epoch (run.json's `started` / `ended`).
-fn unix_seconds() -> u64 {
+pub(crate) fn unix_seconds() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -652,12 +763,50 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<JobEvent>> {
         .collect()
 }
 
+/// Is `path` a Whetstone run folder (rather than a model)?
+pub fn is_run_dir(path: &Path) -> bool {
+    path.is_dir() && path.join("job.toml").exists()
+}
+
+/// The config of a model, or of the model a run trained.
+pub fn base_config(path: &Path) -> Result<crate::model::ModelConfig> {
+    if is_run_dir(path) {
+        let spec = JobSpec::from_file(&path.join("job.toml"))?;
+        return base_config(&spec.model);
+    }
+    crate::model::read_config(path)
+}
+
+/// Load a model to start from: an HF folder, a GGUF file, or the output of an earlier run
+/// (its newest checkpoint, LoRA merged in), so pipelines chain run to run.
+pub fn load_base(path: &Path, device: &Device) -> Result<LoadedModel> {
+    if !is_run_dir(path) {
+        return LoadedModel::load(path, device);
+    }
+    let (mut lm, spec) = load_trained(path, device)?;
+    anyhow::ensure!(
+        matches!(spec.method, Method::Sft | Method::Dpo | Method::Ppo | Method::Grpo | Method::Distill),
+        "{}: a {} run does not produce a language model to start from",
+        path.display(),
+        spec.method.name()
+    );
+    if spec.lora.is_some() {
+        lm.model = crate::model::Transformer::from_weights(&lm.config, &lm.model.to_weights(), device);
+    }
+    Ok(lm)
+}
+
 /// The tuned model of a run (newest checkpoint) on `device`, with its job spec. LoRA runs come
 /// back with their adapters attached (not merged).
 pub fn load_trained(run_dir: &Path, device: &Device) -> Result<(LoadedModel, JobSpec)> {
     let spec = JobSpec::from_file(&run_dir.join("job.toml"))?;
+    anyhow::ensure!(
+        spec.method != Method::Reward,
+        "{}: a reward-model run; load it with train::methods::load_reward_model",
+        run_dir.display()
+    );
     let ck = latest_checkpoint(run_dir).ok_or_else(|| anyhow!("{}: run has no checkpoint", run_dir.display()))?;
-    let mut lm = LoadedModel::load(&spec.model, device)?;
+    let mut lm = load_base(&spec.model, device)?;
     let model = match &spec.lora {
         Some(l) => lm.model.clone().with_lora(l, spec.seed)?,
         None => lm.model.clone(),
@@ -679,6 +828,13 @@ pub enum ExportKind {
 
 /// Export a run: an HF folder (LoRA merged when `merge`), or the PEFT adapter alone.
 pub fn export_run(run_dir: &Path, out: &Path, merge: bool, dtype: SaveDtype) -> Result<ExportKind> {
+    let spec = JobSpec::from_file(&run_dir.join("job.toml"))?;
+    if spec.method == Method::Reward {
+        let (rm, base) = super::methods::load_reward_model(run_dir, &Device::flex())?;
+        let rm = super::methods::merged_reward_model(rm, &base);
+        rm.save_hf(out, &base)?;
+        return Ok(ExportKind::HfFolder);
+    }
     let (lm, spec) = load_trained(run_dir, &Device::flex())?;
     match (&spec.lora, merge) {
         (Some(l), false) => {

@@ -7,6 +7,7 @@ pub mod grpo;
 pub mod job;
 pub mod losses;
 pub mod memory;
+pub mod methods;
 pub mod optim;
 pub mod ppo;
 pub mod reward;

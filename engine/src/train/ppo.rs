@@ -44,6 +44,10 @@ pub struct PpoConfig {
     pub temperature: f32,
     /// Exponential moving average of actor weights (0: off; DeepSpeed-Chat uses 0.992).
     pub ema: f64,
+    /// Jobs: the reward-model run that scores responses (its score is the reward)…
+    pub reward_model: Option<std::path::PathBuf>,
+    /// …and/or rule rewards added to it.
+    pub rules: Vec<super::rewards::WeightedRule>,
 }
 
 impl Default for PpoConfig {
@@ -61,6 +65,8 @@ impl Default for PpoConfig {
             max_new_tokens: 64,
             temperature: 1.0,
             ema: 0.0,
+            reward_model: None,
+            rules: vec![],
         }
     }
 }

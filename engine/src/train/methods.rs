@@ -1,0 +1,362 @@
+//! Running the preference, RL and distillation methods as jobs: the same run folder, event
+//! stream, metrics.jsonl, checkpoints and run.json as SFT (see `job.rs`), one loop for all of
+//! them, each method a [`Method`] step function over its own examples.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+
+use super::checkpoint::{named_params, set_named_params};
+use super::distill::DistillTrainer;
+use super::dpo::{DpoTrainer, EncodedPair};
+use super::grpo::{GrpoPrompt, GrpoTrainer};
+use super::job::{
+    EventSink, JobEvent, JobSpec, Method, RunOptions, StepRecord, base_config, epoch_order, is_run_dir, latest_checkpoint, load_base,
+    model_hash, read_all, sha256_file, split, unix_seconds,
+};
+use super::memory::MemoryEstimate;
+use super::optim::{AdamWConfig, Decay, lr_at};
+use super::ppo::PpoTrainer;
+use super::reward::{RewardModel, RewardTrainer};
+use super::rewards::combined_reward;
+use super::sft::{Encoded, SftExample, encode};
+use crate::data::records::{preference_examples, prompt_examples, read_records, sft_examples};
+use crate::io::atomic_write;
+use crate::io::safetensors::{SaveDtype, write_safetensors};
+use crate::model::LoadedModel;
+use crate::text::chat_template::Message;
+
+/// What one step of any method reports.
+struct StepOut {
+    loss: f64,
+    grad_norm: f64,
+    tokens: usize,
+    metrics: BTreeMap<String, f64>,
+}
+
+enum Trainer {
+    Reward { t: RewardTrainer, pairs: Vec<(Vec<u32>, Vec<u32>)> },
+    Dpo { t: DpoTrainer, pairs: Vec<EncodedPair> },
+    Ppo { t: PpoTrainer, prompts: Vec<GrpoPrompt>, reward_model: Option<RewardModel> },
+    Grpo { t: GrpoTrainer, prompts: Vec<GrpoPrompt> },
+    Distill { t: DistillTrainer, examples: Vec<Encoded> },
+}
+
+fn metric_map(v: serde_json::Value) -> BTreeMap<String, f64> {
+    v.as_object().map(|o| o.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x))).collect()).unwrap_or_default()
+}
+
+impl Trainer {
+    fn len(&self) -> usize {
+        match self {
+            Trainer::Reward { pairs, .. } => pairs.len(),
+            Trainer::Dpo { pairs, .. } => pairs.len(),
+            Trainer::Ppo { prompts, .. } | Trainer::Grpo { prompts, .. } => prompts.len(),
+            Trainer::Distill { examples, .. } => examples.len(),
+        }
+    }
+
+    fn step(&mut self, idx: &[usize], lm: &LoadedModel, pad: u32, eos: &[u32], lr: f64, ppo_rules: &[super::rewards::WeightedRule]) -> Result<StepOut> {
+        Ok(match self {
+            Trainer::Reward { t, pairs } => {
+                let c: Vec<&[u32]> = idx.iter().map(|&i| pairs[i].0.as_slice()).collect();
+                let r: Vec<&[u32]> = idx.iter().map(|&i| pairs[i].1.as_slice()).collect();
+                let m = t.step(&c, &r, pad, lr)?;
+                let tokens = c.iter().chain(&r).map(|s| s.len()).sum();
+                StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
+            }
+            Trainer::Dpo { t, pairs } => {
+                let batch: Vec<EncodedPair> = idx.iter().map(|&i| pairs[i].clone()).collect();
+                let m = t.step(&batch, pad, lr)?;
+                let tokens = batch.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum();
+                StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
+            }
+            Trainer::Grpo { t, prompts } => {
+                let batch: Vec<GrpoPrompt> = idx.iter().map(|&i| prompts[i].clone()).collect();
+                let m = t.step(&lm.tokenizer, &batch, eos, pad, lr)?;
+                let tokens = (m.completion_length * (batch.len() * t.cfg.group_size) as f64) as usize;
+                StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
+            }
+            Trainer::Ppo { t, prompts, reward_model } => {
+                t.cfg.actor_lr = lr;
+                let batch: Vec<&GrpoPrompt> = idx.iter().map(|&i| &prompts[i]).collect();
+                let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
+                let tok = &lm.tokenizer;
+                let rm = reward_model.as_ref();
+                let m = t.step(&ids, eos, pad, &mut |i, resp| {
+                    let mut score = 0.0;
+                    if let Some(rm) = rm {
+                        let mut full = batch[i].ids.clone();
+                        full.extend(resp);
+                        let (x, last) = super::reward::score_batch(&[&full], pad, &rm.backbone.device());
+                        score += rm.score(x, &last).into_scalar::<f32>() as f64;
+                    }
+                    if !ppo_rules.is_empty() {
+                        score += combined_reward(ppo_rules, &tok.decode(resp, true)?, batch[i].reference.as_deref());
+                    }
+                    Ok(score)
+                })?;
+                let tokens = (m.response_length * batch.len() as f64) as usize;
+                StepOut { loss: m.policy_loss, grad_norm: f64::NAN, tokens, metrics: metric_map(serde_json::to_value(m)?) }
+            }
+            Trainer::Distill { t, examples } => {
+                let batch: Vec<&Encoded> = idx.iter().map(|&i| &examples[i]).collect();
+                let m = t.step(&batch, pad, lr)?;
+                let tokens = batch.iter().map(|e| e.ids.len()).sum();
+                StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
+            }
+        })
+    }
+
+    /// Trainable parameters to checkpoint, by file name.
+    fn checkpoint(&self) -> Vec<(&'static str, BTreeMap<String, crate::io::HostTensor>)> {
+        match self {
+            Trainer::Reward { t, .. } => vec![("trainable.safetensors", named_params(&t.model, true))],
+            Trainer::Dpo { t, .. } => vec![("trainable.safetensors", named_params(&t.policy, true))],
+            Trainer::Grpo { t, .. } => vec![("trainable.safetensors", named_params(&t.policy, true))],
+            Trainer::Ppo { t, .. } => {
+                vec![("trainable.safetensors", named_params(&t.actor, true)), ("critic.safetensors", named_params(&t.critic, true))]
+            }
+            Trainer::Distill { t, .. } => vec![("trainable.safetensors", named_params(&t.student, true))],
+        }
+    }
+}
+
+/// A reward-model run's model: base (with LoRA if the run used it) + trained head, on `device`.
+pub fn load_reward_model(run_dir: &Path, device: &Device) -> Result<(RewardModel, LoadedModel)> {
+    let spec = JobSpec::from_file(&run_dir.join("job.toml"))?;
+    if spec.method != Method::Reward {
+        bail!("{}: a {} run, not a reward-model run", run_dir.display(), spec.method.name());
+    }
+    let ck = latest_checkpoint(run_dir).ok_or_else(|| anyhow!("{}: run has no checkpoint", run_dir.display()))?;
+    let lm = load_base(&spec.model, device)?;
+    let backbone = match &spec.lora {
+        Some(l) => lm.model.clone().with_lora(l, spec.seed)?,
+        None => lm.model.clone(),
+    };
+    let rm = RewardModel::new(backbone, lm.config.hidden_size, spec.seed);
+    let rm = set_named_params(rm, &read_all(&ck.join("trainable.safetensors"))?)
+        .with_context(|| format!("{}: checkpoint does not fit the base model", ck.display()))?;
+    Ok((rm, lm))
+}
+
+/// The same reward model with any LoRA adapters folded into plain weights.
+pub fn merged_reward_model(rm: RewardModel, base: &LoadedModel) -> RewardModel {
+    let device = rm.backbone.device();
+    let backbone = crate::model::Transformer::from_weights(&base.config, &rm.backbone.to_weights(), &device);
+    RewardModel { backbone, head: rm.head }
+}
+
+pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSink) -> Result<()> {
+    spec.validate()?;
+    if opts.resume.is_some() {
+        bail!("--resume is not supported yet for {} runs (SFT runs resume exactly)", spec.method.name());
+    }
+    let device_name = opts.device.clone().unwrap_or_else(|| spec.device.clone());
+    let device = crate::device::parse_device(&device_name)?;
+    let ad = device.clone().autodiff();
+    let tc = &spec.train;
+    let config = base_config(&spec.model)?;
+    let records = read_records(&spec.dataset.path)?;
+    let lm = load_base(&spec.model, &ad)?;
+    let tok = &lm.tokenizer;
+    let eos_ids = lm.eos_ids();
+    let eos = tok.eos_id().or_else(|| eos_ids.first().copied());
+    let pad = tok.pad_id().or(eos).unwrap_or(0);
+    let policy = match &spec.lora {
+        Some(l) => lm.model.clone().with_lora(l, spec.seed)?,
+        None => lm.model.clone(),
+    };
+    let adamw = AdamWConfig { beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
+    let chat_ids = |p: &str| -> Result<Vec<u32>> {
+        match &tok.chat_template {
+            Some(_) => Ok(tok.apply_chat(&[Message::new("user", p)], true)?.1),
+            None => tok.encode(&format!("{p}\n"), true),
+        }
+    };
+    let f = &spec.dataset.path;
+    let mut trainer = match spec.method {
+        Method::Reward => {
+            let pairs = preference_examples(&records, &spec.dataset.columns, f)?
+                .iter()
+                .map(|(p, c, r)| {
+                    let c = encode(tok, &SftExample::from_pair(None, p, c), tc.max_seq_len, false, eos)?.ids;
+                    let r = encode(tok, &SftExample::from_pair(None, p, r), tc.max_seq_len, false, eos)?.ids;
+                    Ok((c, r))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Trainer::Reward { t: RewardTrainer::new(RewardModel::new(policy, config.hidden_size, spec.seed), adamw), pairs }
+        }
+        Method::Dpo => {
+            let d = spec.dpo.clone().unwrap_or_default();
+            let pairs = preference_examples(&records, &spec.dataset.columns, f)?
+                .iter()
+                .map(|(p, c, r)| {
+                    Ok(EncodedPair {
+                        chosen: encode(tok, &SftExample::from_pair(None, p, c), tc.max_seq_len, false, eos)?,
+                        rejected: encode(tok, &SftExample::from_pair(None, p, r), tc.max_seq_len, false, eos)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut t = DpoTrainer::new(policy, adamw, d.beta);
+            t.label_smoothing = d.label_smoothing;
+            t.variant = d.variant;
+            Trainer::Dpo { t, pairs }
+        }
+        Method::Grpo | Method::Ppo => {
+            let prompts = prompt_examples(&records, &spec.dataset.columns, f)?
+                .into_iter()
+                .map(|(p, r)| Ok(GrpoPrompt { ids: chat_ids(&p)?, reference: r }))
+                .collect::<Result<Vec<_>>>()?;
+            if spec.method == Method::Grpo {
+                Trainer::Grpo { t: GrpoTrainer::new(policy, adamw, spec.grpo.clone().unwrap_or_default(), spec.seed), prompts }
+            } else {
+                let cfg = spec.ppo.clone().unwrap_or_default();
+                // Critic from the reward model (as DeepSpeed-Chat does), else from the policy.
+                let (critic, reward_model) = match &cfg.reward_model {
+                    Some(dir) => {
+                        let (rm, base) = load_reward_model(dir, &ad)?;
+                        let rm = merged_reward_model(rm, &base);
+                        let frozen = rm.valid();
+                        let critic = match &spec.lora {
+                            Some(l) => RewardModel { backbone: rm.backbone.with_lora(l, spec.seed ^ 1)?, head: rm.head },
+                            None => rm,
+                        };
+                        (critic, Some(frozen))
+                    }
+                    None => (RewardModel::new(policy.clone(), config.hidden_size, spec.seed), None),
+                };
+                let t = PpoTrainer::new(policy, critic, cfg, spec.seed);
+                Trainer::Ppo { t, prompts, reward_model }
+            }
+        }
+        Method::Distill => {
+            let d = spec.distill.clone().expect("validated");
+            let teacher = load_base(&d.teacher, &device)?;
+            if teacher.config.vocab_size != lm.config.vocab_size {
+                bail!("teacher and student vocabularies differ ({} vs {}); distillation needs one tokenizer", teacher.config.vocab_size, lm.config.vocab_size);
+            }
+            let examples = sft_examples(&records, &spec.dataset.columns, f)?
+                .iter()
+                .map(|e| encode(tok, e, tc.max_seq_len, false, eos))
+                .collect::<Result<Vec<_>>>()?;
+            Trainer::Distill { t: DistillTrainer::new(policy, teacher.model.clone(), adamw, d.temperature, d.divergence, d.sft_weight), examples }
+        }
+        Method::Sft => unreachable!("SFT runs in job::run"),
+    };
+
+    let (train_idx, _) = split(trainer.len(), 0.0, spec.seed);
+    let per_step = tc.batch_size * tc.grad_accum;
+    let steps_per_epoch = train_idx.len().div_ceil(per_step).max(1);
+    let total_steps = if tc.max_steps > 0 { tc.max_steps } else { steps_per_epoch * tc.epochs };
+    let id = spec.name.clone().unwrap_or_else(|| format!("{}-{}", spec.method.name(), unix_seconds()));
+    let run_dir = spec.output.join(&id);
+    if run_dir.join("run.json").exists() {
+        bail!("{}: run already exists; choose another name", run_dir.display());
+    }
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+    atomic_write(&run_dir.join("job.toml"), toml::to_string_pretty(&spec)?.as_bytes())?;
+    sink.file = Some(std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))?);
+    let trainable: usize = trainer.checkpoint().iter().flat_map(|(_, m)| m.values()).map(|t| t.data.len()).sum();
+    let memory = MemoryEstimate::training(&config, trainable, tc.batch_size, tc.max_seq_len);
+    let started = unix_seconds();
+    sink.emit(JobEvent::Started {
+        run_id: id.clone(),
+        run_dir: run_dir.clone(),
+        total_steps,
+        start_step: 0,
+        train_examples: train_idx.len(),
+        eval_examples: 0,
+        memory: memory.clone(),
+    });
+    let ppo_rules = spec.ppo.as_ref().map(|p| p.rules.clone()).unwrap_or_default();
+    let t0 = Instant::now();
+    let (mut step, mut tokens_seen) = (0usize, 0usize);
+    let mut last: Option<StepRecord> = None;
+    let mut outcome = "finished";
+    let result = (|| -> Result<()> {
+        while step < total_steps {
+            if cancel.load(Ordering::SeqCst) {
+                outcome = "cancelled";
+                break;
+            }
+            let epoch = step / steps_per_epoch;
+            let order = epoch_order(&train_idx, epoch, spec.seed);
+            let start = (step % steps_per_epoch) * per_step;
+            let idx = &order[start..(start + per_step).min(order.len())];
+            let lr = lr_at(step as u64, total_steps as u64, tc.warmup_steps as u64, tc.lr, tc.decay);
+            let lr = if spec.method == Method::Ppo && tc.decay == Decay::Cosine && tc.warmup_steps == 0 { lr.max(tc.lr * 1e-3) } else { lr };
+            let ts = Instant::now();
+            let out = trainer.step(idx, &lm, pad, &eos_ids, lr, &ppo_rules)?;
+            step += 1;
+            tokens_seen += out.tokens;
+            if !out.loss.is_finite() {
+                bail!("loss became {} at step {step}; stopped. Try a lower train.lr", out.loss);
+            }
+            let rec = StepRecord {
+                step,
+                epoch,
+                loss: out.loss,
+                lr,
+                grad_norm: if out.grad_norm.is_finite() { out.grad_norm } else { 0.0 },
+                token_accuracy: None,
+                tokens: out.tokens,
+                tokens_seen,
+                tokens_per_second: out.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9),
+                elapsed_seconds: t0.elapsed().as_secs_f64(),
+                metrics: out.metrics,
+            };
+            sink.emit(JobEvent::Step(rec.clone()));
+            last = Some(rec);
+            if step == total_steps || (tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) {
+                let dst = run_dir.join("checkpoints").join(format!("step-{step:07}"));
+                let tmp = run_dir.join("checkpoints").join(format!(".tmp-step-{step:07}"));
+                let _ = std::fs::remove_dir_all(&tmp);
+                std::fs::create_dir_all(&tmp)?;
+                for (name, params) in trainer.checkpoint() {
+                    write_safetensors(&tmp.join(name), &params, SaveDtype::F32, None)?;
+                }
+                let state = serde_json::json!({"step": step, "tokens_seen": tokens_seen});
+                atomic_write(&tmp.join("state.json"), state.to_string().as_bytes())?;
+                let _ = std::fs::remove_dir_all(&dst);
+                std::fs::rename(&tmp, &dst)?;
+                sink.emit(JobEvent::Checkpoint { step, path: dst });
+            }
+        }
+        Ok(())
+    })();
+    let failure = result.as_ref().err().map(|e| format!("{e:#}"));
+    let card = serde_json::json!({
+        "run_id": id,
+        "method": spec.method.name(),
+        "job": spec,
+        "dataset": {"path": spec.dataset.path, "sha256": sha256_file(&spec.dataset.path)?, "examples": trainer.len()},
+        "base_model": {"path": spec.model, "sha256": model_hash(&spec.model)?, "from_run": is_run_dir(&spec.model),
+                       "architecture": config.arch.name(), "parameters": config.num_params(), "trainable_parameters": trainable},
+        "seed": spec.seed,
+        "device": crate::device::device_label(&device_name),
+        "versions": {"whetstone": env!("CARGO_PKG_VERSION"), "burn": "0.22.1"},
+        "started": started,
+        "ended": unix_seconds(),
+        "status": if failure.is_some() { "failed" } else { outcome },
+        "failure": failure,
+        "steps": step,
+        "total_steps": total_steps,
+        "tokens_seen": tokens_seen,
+        "final_metrics": {"train": last},
+        "memory_estimate": memory,
+    });
+    atomic_write(&run_dir.join("run.json"), serde_json::to_string_pretty(&card)?.as_bytes())?;
+    result?;
+    if outcome == "cancelled" {
+        sink.emit(JobEvent::Cancelled { step });
+    } else {
+        sink.emit(JobEvent::Finished { step, run_dir });
+    }
+    Ok(())
+}
