@@ -65,7 +65,10 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     assert!(step_metrics(d, "dpo")[0]["metrics"]["rewards/margins"].is_number());
     assert_eq!(train(&grpo)["status"], "finished");
     assert!(step_metrics(d, "grpo")[0]["metrics"]["reward_mean"].is_number());
-    assert_eq!(train(&distill)["status"], "finished");
+    let card = train(&distill);
+    assert_eq!(card["status"], "finished");
+    assert!(card["distillation"]["teacher"]["parameters"].as_u64().unwrap() > 0);
+    assert!(card["distillation"]["student"]["forward_tokens_per_second"].as_f64().unwrap() > 0.0);
     let dist = step_metrics(d, "distill");
     assert!(dist[2]["metrics"]["teacher_student_kl"].as_f64().unwrap() < dist[0]["metrics"]["teacher_student_kl"].as_f64().unwrap());
 

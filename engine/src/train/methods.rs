@@ -331,6 +331,10 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         Ok(())
     })();
     let failure = result.as_ref().err().map(|e| format!("{e:#}"));
+    let distillation = match (&trainer, &spec.distill) {
+        (Trainer::Distill { t, examples }, Some(d)) => Some(distill_card(t, examples, pad, &d.teacher, &config)?),
+        _ => None,
+    };
     let card = serde_json::json!({
         "run_id": id,
         "method": spec.method.name(),
@@ -350,6 +354,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         "tokens_seen": tokens_seen,
         "final_metrics": {"train": last},
         "memory_estimate": memory,
+        "distillation": distillation,
     });
     atomic_write(&run_dir.join("run.json"), serde_json::to_string_pretty(&card)?.as_bytes())?;
     result?;
@@ -359,4 +364,23 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         sink.emit(JobEvent::Finished { step, run_dir });
     }
     Ok(())
+}
+
+/// Student vs teacher: parameters and forward speed (tokens/s) on the same batch.
+fn distill_card(t: &DistillTrainer, examples: &[Encoded], pad: u32, teacher_path: &Path, student_cfg: &crate::model::ModelConfig) -> Result<serde_json::Value> {
+    let teacher_cfg = base_config(teacher_path)?;
+    let batch: Vec<&Encoded> = examples.iter().take(4).collect();
+    let speed = |m: &crate::model::Transformer| -> f64 {
+        let b = super::sft::make_batch(&batch, pad, &m.device());
+        let tokens = b.n_tokens as f64;
+        let start = Instant::now();
+        let _ = m.forward(b.inputs, None).sum().into_scalar::<f32>();
+        tokens / start.elapsed().as_secs_f64().max(1e-9)
+    };
+    let student = t.student.without_autodiff();
+    Ok(serde_json::json!({
+        "teacher": {"path": teacher_path, "parameters": teacher_cfg.num_params(), "forward_tokens_per_second": speed(&t.teacher)},
+        "student": {"parameters": student_cfg.num_params(), "forward_tokens_per_second": speed(&student)},
+        "size_ratio": student_cfg.num_params() as f64 / teacher_cfg.num_params() as f64,
+    }))
 }
