@@ -20,7 +20,7 @@ use super::job::{
     model_hash, read_all, sha256_file, split, unix_seconds,
 };
 use super::memory::MemoryEstimate;
-use super::optim::{AdamWConfig, Decay, lr_at};
+use super::optim::{AdamWConfig, lr_at};
 use super::ppo::PpoTrainer;
 use super::reward::{RewardModel, RewardTrainer};
 use super::rewards::combined_reward;
@@ -42,7 +42,8 @@ struct StepOut {
 enum Trainer {
     Reward { t: RewardTrainer, pairs: Vec<(Vec<u32>, Vec<u32>)> },
     Dpo { t: DpoTrainer, pairs: Vec<EncodedPair> },
-    Ppo { t: PpoTrainer, prompts: Vec<GrpoPrompt>, reward_model: Option<RewardModel> },
+    /// `actor_lr`: `[ppo] actor_lr`, which the schedule scales (train.lr sets only the shape).
+    Ppo { t: PpoTrainer, prompts: Vec<GrpoPrompt>, reward_model: Option<RewardModel>, actor_lr: f64, base_lr: f64 },
     Grpo { t: GrpoTrainer, prompts: Vec<GrpoPrompt> },
     Distill { t: DistillTrainer, examples: Vec<Encoded> },
 }
@@ -82,8 +83,8 @@ impl Trainer {
                 let tokens = (m.completion_length * (batch.len() * t.cfg.group_size) as f64) as usize;
                 StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
             }
-            Trainer::Ppo { t, prompts, reward_model } => {
-                t.cfg.actor_lr = lr;
+            Trainer::Ppo { t, prompts, reward_model, actor_lr, base_lr } => {
+                t.cfg.actor_lr = *actor_lr * lr / *base_lr;
                 let batch: Vec<&GrpoPrompt> = idx.iter().map(|&i| &prompts[i]).collect();
                 let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
                 let tok = &lm.tokenizer;
@@ -231,8 +232,9 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
                     }
                     None => (RewardModel::new(policy.clone(), config.hidden_size, spec.seed), None),
                 };
+                let actor_lr = cfg.actor_lr;
                 let t = PpoTrainer::new(policy, critic, cfg, spec.seed);
-                Trainer::Ppo { t, prompts, reward_model }
+                Trainer::Ppo { t, prompts, reward_model, actor_lr, base_lr: tc.lr }
             }
         }
         Method::Distill => {
@@ -290,7 +292,6 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
             let start = (step % steps_per_epoch) * per_step;
             let idx = &order[start..(start + per_step).min(order.len())];
             let lr = lr_at(step as u64, total_steps as u64, tc.warmup_steps as u64, tc.lr, tc.decay);
-            let lr = if spec.method == Method::Ppo && tc.decay == Decay::Cosine && tc.warmup_steps == 0 { lr.max(tc.lr * 1e-3) } else { lr };
             let ts = Instant::now();
             let out = trainer.step(idx, &lm, pad, &eos_ids, lr, &ppo_rules)?;
             step += 1;
