@@ -89,3 +89,56 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     let o = whetstone(&["train", &bad]);
     assert!(!o.status.success() && stderr(&o).contains("reward_model") && stderr(&o).trim_end().lines().count() == 1, "{}", stderr(&o));
 }
+
+/// Interrupt after step 3 (last checkpoint: step 2), resume, and compare every step record
+/// (loss, lr, method metrics) with an uninterrupted run, as written to metrics.jsonl.
+fn resume_matches(method_toml: &str, data: &[serde_json::Value]) {
+    use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, spawn};
+    let run = |dir: &Path, opts: RunOptions| {
+        write(dir, "data.jsonl", &jsonl(data));
+        let job = write(dir, "job.toml", method_toml);
+        let h = spawn(JobSpec::from_file(Path::new(&job)).unwrap(), opts);
+        let evs: Vec<JobEvent> = h.events.iter().collect();
+        if let Some(JobEvent::Failed { reason }) = evs.last() {
+            panic!("{reason}");
+        }
+        evs
+    };
+    let steps = |dir: &Path| -> Vec<serde_json::Value> {
+        step_metrics(dir, "r").into_iter().map(|mut v| {
+            for k in ["tokens_per_second", "elapsed_seconds"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            for k in ["generation_seconds", "scoring_seconds", "training_seconds"] {
+                v["metrics"].as_object_mut().unwrap().remove(k);
+            }
+            v
+        }).collect()
+    };
+    let a = tempfile::tempdir().unwrap();
+    run(a.path(), RunOptions::default());
+    let b = tempfile::tempdir().unwrap();
+    let first = run(b.path(), RunOptions { stop_after: Some(3), ..Default::default() });
+    assert!(matches!(first.last(), Some(JobEvent::Cancelled { step: 3 })), "{:?}", first.last());
+    let resumed = run(b.path(), RunOptions { resume: Some(b.path().join("runs/r")), ..Default::default() });
+    assert!(matches!(resumed[0], JobEvent::Started { start_step: 2, .. }));
+    let (sa, sb) = (steps(a.path()), steps(b.path()));
+    assert_eq!(sa.len(), 6);
+    assert_eq!(sa, sb);
+}
+
+#[test]
+fn ppo_and_dpo_runs_resume_exactly() {
+    let model = fixture("tiny-models/qwen3").display().to_string();
+    let qa = [("Chest pain?", "yes"), ("Runny nose?", "no"), ("Seizure?", "yes"), ("Sneezing?", "no")];
+    let prompts: Vec<_> = qa.iter().map(|(q, a)| serde_json::json!({"prompt": q, "reference": a})).collect();
+    resume_matches(
+        &format!("method = \"ppo\"\nmodel = {model:?}\nname = \"r\"\n[dataset]\npath = \"data.jsonl\"\n[train]\nmax_steps = 6\nbatch_size = 2\ncheckpoint_every = 2\n[lora]\nrank = 4\ndropout = 0.1\n[ppo]\nmax_new_tokens = 5\nactor_lr = 1e-3\ncritic_lr = 1e-3\nema = 0.9\n[[ppo.rules]]\nrule = \"contains\"\n"),
+        &prompts,
+    );
+    let prefs: Vec<_> = qa.iter().map(|(q, a)| serde_json::json!({"prompt": q, "chosen": a, "rejected": "maybe"})).collect();
+    resume_matches(
+        &format!("method = \"dpo\"\nmodel = {model:?}\nname = \"r\"\n[dataset]\npath = \"data.jsonl\"\n[train]\nmax_steps = 6\nbatch_size = 2\nlr = 3e-3\ncheckpoint_every = 2\n"),
+        &prefs,
+    );
+}

@@ -81,15 +81,15 @@ impl DpoTrainer {
         }
     }
 
-    /// Reference log-probs of sequences, computed once each and cached.
+    /// Reference log-probs of sequences, computed once each (one sequence at a time, so the
+    /// value does not depend on what it was batched with) and cached.
     fn reference_logps(&mut self, seqs: &[&Encoded], pad: u32) -> Vec<f32> {
-        let missing: Vec<&Encoded> = seqs.iter().copied().filter(|e| !self.ref_cache.contains_key(&e.ids)).collect();
-        if !missing.is_empty() {
-            let device = self.reference.device();
-            let b = make_batch(&missing, pad, &device);
-            let v = sequence_logps(&self.reference, &b).try_into_vec_as::<f32>().expect("float");
-            for (e, lp) in missing.iter().zip(v) {
-                self.ref_cache.insert(e.ids.clone(), lp);
+        let device = self.reference.device();
+        for e in seqs {
+            if !self.ref_cache.contains_key(&e.ids) {
+                let b = make_batch(&[*e], pad, &device);
+                let v = sequence_logps(&self.reference, &b).into_scalar::<f32>();
+                self.ref_cache.insert(e.ids.clone(), v);
             }
         }
         seqs.iter().map(|e| self.ref_cache[&e.ids]).collect()

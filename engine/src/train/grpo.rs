@@ -87,6 +87,11 @@ pub fn sample_completion(model: &Transformer, prompt: &[u32], eos: &[u32], opts:
 }
 
 impl GrpoTrainer {
+    /// Restart the sampling generator (jobs reseed per step, so a resumed run samples the same).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+
     pub fn new(policy: Transformer, adamw: AdamWConfig, cfg: GrpoConfig, seed: u64) -> Self {
         let reference = policy.without_autodiff();
         Self { policy, reference, optim: AdamW::new(adamw), cfg, max_grad_norm: Some(1.0), rng: ChaCha8Rng::seed_from_u64(seed) }

@@ -114,6 +114,51 @@ impl Trainer {
         })
     }
 
+    /// Optimisers by name, for checkpoints.
+    fn optimizers(&mut self) -> Vec<(&'static str, &mut super::optim::AdamW)> {
+        match self {
+            Trainer::Reward { t, .. } => vec![("optimizer", &mut t.optim)],
+            Trainer::Dpo { t, .. } => vec![("optimizer", &mut t.optim)],
+            Trainer::Grpo { t, .. } => vec![("optimizer", &mut t.optim)],
+            Trainer::Ppo { t, .. } => vec![("optimizer", &mut t.actor_optim), ("critic_optimizer", &mut t.critic_optim)],
+            Trainer::Distill { t, .. } => vec![("optimizer", &mut t.optim)],
+        }
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        match self {
+            Trainer::Grpo { t, .. } => t.reseed(seed),
+            Trainer::Ppo { t, .. } => t.reseed(seed),
+            _ => {}
+        }
+    }
+
+    /// Load a checkpoint written by [`write_method_checkpoint`]; returns its state.json.
+    fn restore(&mut self, ck: &Path, device: &Device) -> Result<serde_json::Value> {
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ck.join("state.json"))?)
+            .with_context(|| format!("{}: bad state.json", ck.display()))?;
+        let p = read_all(&ck.join("trainable.safetensors"))?;
+        match self {
+            Trainer::Reward { t, .. } => t.model = set_named_params(t.model.clone(), &p)?,
+            Trainer::Dpo { t, .. } => t.policy = set_named_params(t.policy.clone(), &p)?,
+            Trainer::Grpo { t, .. } => t.policy = set_named_params(t.policy.clone(), &p)?,
+            Trainer::Distill { t, .. } => t.student = set_named_params(t.student.clone(), &p)?,
+            Trainer::Ppo { t, .. } => {
+                t.actor = set_named_params(t.actor.clone(), &p)?;
+                t.critic = set_named_params(t.critic.clone(), &read_all(&ck.join("critic.safetensors"))?)?;
+                t.reward_ema = state.get("reward_ema").and_then(|v| v.as_f64());
+                if let Some(ema) = t.actor_ema.clone() {
+                    t.actor_ema = Some(set_named_params(ema, &read_all(&ck.join("actor_ema.safetensors"))?)?);
+                }
+            }
+        }
+        for (name, opt) in self.optimizers() {
+            opt.state_from_host(&read_all(&ck.join(format!("{name}.safetensors")))?, device)?;
+            opt.step = state[format!("{name}_step")].as_u64().ok_or_else(|| anyhow!("{}: state.json lacks {name}_step", ck.display()))?;
+        }
+        Ok(state)
+    }
+
     /// Trainable parameters to checkpoint, by file name.
     fn checkpoint(&self) -> Vec<(&'static str, BTreeMap<String, crate::io::HostTensor>)> {
         match self {
@@ -121,7 +166,11 @@ impl Trainer {
             Trainer::Dpo { t, .. } => vec![("trainable.safetensors", named_params(&t.policy, true))],
             Trainer::Grpo { t, .. } => vec![("trainable.safetensors", named_params(&t.policy, true))],
             Trainer::Ppo { t, .. } => {
-                vec![("trainable.safetensors", named_params(&t.actor, true)), ("critic.safetensors", named_params(&t.critic, true))]
+                let mut v = vec![("trainable.safetensors", named_params(&t.actor, true)), ("critic.safetensors", named_params(&t.critic, true))];
+                if let Some(ema) = &t.actor_ema {
+                    v.push(("actor_ema.safetensors", named_params(ema, false)));
+                }
+                v
             }
             Trainer::Distill { t, .. } => vec![("trainable.safetensors", named_params(&t.student, true))],
         }
@@ -155,9 +204,6 @@ pub fn merged_reward_model(rm: RewardModel, base: &LoadedModel) -> RewardModel {
 
 pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSink) -> Result<()> {
     spec.validate()?;
-    if opts.resume.is_some() {
-        bail!("--resume is not supported yet for {} runs (SFT runs resume exactly)", spec.method.name());
-    }
     let device_name = opts.device.clone().unwrap_or_else(|| spec.device.clone());
     let device = crate::device::parse_device(&device_name)?;
     let ad = device.clone().autodiff();
@@ -256,13 +302,27 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
     let per_step = tc.batch_size * tc.grad_accum;
     let steps_per_epoch = train_idx.len().div_ceil(per_step).max(1);
     let total_steps = if tc.max_steps > 0 { tc.max_steps } else { steps_per_epoch * tc.epochs };
-    let id = spec.name.clone().unwrap_or_else(|| format!("{}-{}", spec.method.name(), unix_seconds()));
-    let run_dir = spec.output.join(&id);
-    if run_dir.join("run.json").exists() {
-        bail!("{}: run already exists; choose another name", run_dir.display());
-    }
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
-    atomic_write(&run_dir.join("job.toml"), toml::to_string_pretty(&spec)?.as_bytes())?;
+    let (mut step, mut tokens_seen) = (0usize, 0usize);
+    let (id, run_dir) = match &opts.resume {
+        Some(dir) => {
+            let ck = latest_checkpoint(dir).ok_or_else(|| anyhow!("{}: no checkpoint to resume from", dir.display()))?;
+            let state = trainer.restore(&ck, &ad)?;
+            step = state["step"].as_u64().unwrap_or(0) as usize;
+            tokens_seen = state["tokens_seen"].as_u64().unwrap_or(0) as usize;
+            super::job::truncate_metrics(&dir.join("metrics.jsonl"), step)?;
+            (dir.file_name().and_then(|n| n.to_str()).unwrap_or("run").to_string(), dir.clone())
+        }
+        None => {
+            let id = spec.name.clone().unwrap_or_else(|| format!("{}-{}", spec.method.name(), unix_seconds()));
+            let run_dir = spec.output.join(&id);
+            if run_dir.join("run.json").exists() {
+                bail!("{}: run already exists; use --resume to continue it or choose another name", run_dir.display());
+            }
+            std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+            atomic_write(&run_dir.join("job.toml"), toml::to_string_pretty(&spec)?.as_bytes())?;
+            (id, run_dir)
+        }
+    };
     sink.file = Some(std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))?);
     let trainable: usize = trainer.checkpoint().iter().flat_map(|(_, m)| m.values()).map(|t| t.data.len()).sum();
     let memory = MemoryEstimate::training(&config, trainable, tc.batch_size, tc.max_seq_len);
@@ -271,14 +331,13 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         run_id: id.clone(),
         run_dir: run_dir.clone(),
         total_steps,
-        start_step: 0,
+        start_step: step,
         train_examples: train_idx.len(),
         eval_examples: 0,
         memory: memory.clone(),
     });
     let ppo_rules = spec.ppo.as_ref().map(|p| p.rules.clone()).unwrap_or_default();
     let t0 = Instant::now();
-    let (mut step, mut tokens_seen) = (0usize, 0usize);
     let mut last: Option<StepRecord> = None;
     let mut outcome = "finished";
     let result = (|| -> Result<()> {
@@ -292,12 +351,19 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
             let start = (step % steps_per_epoch) * per_step;
             let idx = &order[start..(start + per_step).min(order.len())];
             let lr = lr_at(step as u64, total_steps as u64, tc.warmup_steps as u64, tc.lr, tc.decay);
+            trainer.reseed(spec.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step as u64));
+            if spec.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+                device.seed(spec.seed.wrapping_add(step as u64));
+            }
             let ts = Instant::now();
             let out = trainer.step(idx, &lm, pad, &eos_ids, lr, &ppo_rules)?;
             step += 1;
             tokens_seen += out.tokens;
             if !out.loss.is_finite() {
                 bail!("loss became {} at step {step}; stopped. Try a lower train.lr", out.loss);
+            }
+            if opts.stop_after.is_some_and(|s| step >= s) && step < total_steps {
+                outcome = "cancelled";
             }
             let rec = StepRecord {
                 step,
@@ -322,11 +388,21 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
                 for (name, params) in trainer.checkpoint() {
                     write_safetensors(&tmp.join(name), &params, SaveDtype::F32, None)?;
                 }
-                let state = serde_json::json!({"step": step, "tokens_seen": tokens_seen});
+                let mut state = serde_json::json!({"step": step, "tokens_seen": tokens_seen});
+                for (name, opt) in trainer.optimizers() {
+                    write_safetensors(&tmp.join(format!("{name}.safetensors")), &opt.state_to_host(), SaveDtype::F32, None)?;
+                    state[format!("{name}_step")] = opt.step.into();
+                }
+                if let Trainer::Ppo { t, .. } = &trainer {
+                    state["reward_ema"] = t.reward_ema.into();
+                }
                 atomic_write(&tmp.join("state.json"), state.to_string().as_bytes())?;
                 let _ = std::fs::remove_dir_all(&dst);
                 std::fs::rename(&tmp, &dst)?;
                 sink.emit(JobEvent::Checkpoint { step, path: dst });
+            }
+            if outcome == "cancelled" {
+                break;
             }
         }
         Ok(())

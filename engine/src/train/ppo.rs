@@ -114,6 +114,11 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 impl PpoTrainer {
+    /// Restart the sampling generator (jobs reseed per step, so a resumed run samples the same).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+
     pub fn new(actor: Transformer, critic: RewardModel, cfg: PpoConfig, seed: u64) -> Self {
         let reference = actor.without_autodiff();
         let actor_ema = if cfg.ema > 0.0 { Some(actor.without_autodiff()) } else { None };
