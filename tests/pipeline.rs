@@ -48,7 +48,7 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     let rm = write(d, "rm.toml", &format!("method = \"reward\"\nmodel = \"runs/sft\"\nname = \"rm\"\n[dataset]\npath = \"prefs.jsonl\"\n[train]\nmax_steps = 4\nbatch_size = 4\nlr = 1e-3\n{lora}"));
     let ppo = write(d, "ppo.toml", &format!("method = \"ppo\"\nmodel = \"runs/sft\"\nname = \"ppo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 4\nlr = 1e-4\n{lora}[ppo]\nreward_model = \"runs/rm\"\nmax_new_tokens = 6\nactor_lr = 1e-4\n"));
     let dpo = write(d, "dpo.toml", &format!("method = \"dpo\"\nmodel = \"runs/sft\"\nname = \"dpo\"\n[dataset]\npath = \"prefs.jsonl\"\n[train]\nmax_steps = 3\nbatch_size = 4\nlr = 2e-3\n{lora}[dpo]\nbeta = 0.1\n"));
-    let grpo = write(d, "grpo.toml", &format!("method = \"grpo\"\nmodel = \"runs/sft\"\nname = \"grpo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 2\nlr = 1e-3\n{lora}[grpo]\ngroup_size = 3\nmax_new_tokens = 6\n[[grpo.rules]]\nrule = \"exact_match\"\nnormalise = {{ trim = true }}\n"));
+    let grpo = write(d, "grpo.toml", &format!("method = \"grpo\"\nmodel = \"runs/sft\"\nname = \"grpo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 2\nlr = 1e-3\n{lora}[grpo]\ngroup_size = 3\nmax_new_tokens = 6\nreward_model = \"runs/rm\"\nreward_model_weight = 0.5\n[[grpo.rules]]\nrule = \"exact_match\"\nnormalise = {{ trim = true }}\n"));
     let distill = write(d, "distill.toml", &format!("method = \"distill\"\nmodel = {model:?}\nname = \"distill\"\n[dataset]\npath = \"sft.jsonl\"\n[train]\nmax_steps = 3\nbatch_size = 4\nlr = 3e-3\n{lora}[distill]\nteacher = \"runs/sft\"\ntemperature = 2.0\n"));
 
     assert_eq!(train(&sft)["status"], "finished");

@@ -30,11 +30,23 @@ pub struct GrpoConfig {
     /// KL-to-reference coefficient.
     pub beta: f64,
     pub rules: Vec<WeightedRule>,
+    /// Jobs: a reward-model run whose score (times `reward_model_weight`) is added to the rules.
+    pub reward_model: Option<std::path::PathBuf>,
+    pub reward_model_weight: f64,
 }
 
 impl Default for GrpoConfig {
     fn default() -> Self {
-        Self { group_size: 8, max_new_tokens: 64, temperature: 1.0, top_p: 1.0, beta: 0.0, rules: vec![] }
+        Self {
+            group_size: 8,
+            max_new_tokens: 64,
+            temperature: 1.0,
+            top_p: 1.0,
+            beta: 0.0,
+            rules: vec![],
+            reward_model: None,
+            reward_model_weight: 1.0,
+        }
     }
 }
 
@@ -98,6 +110,20 @@ impl GrpoTrainer {
     }
 
     pub fn step(&mut self, tok: &Tokenizer, prompts: &[GrpoPrompt], eos: &[u32], pad: u32, lr: f64) -> Result<GrpoMetrics> {
+        self.step_with(tok, prompts, eos, pad, lr, &mut |_, _| Ok(0.0))
+    }
+
+    /// A step whose reward is the rules plus `extra(prompt ids, completion ids)` (e.g. a reward
+    /// model's score).
+    pub fn step_with(
+        &mut self,
+        tok: &Tokenizer,
+        prompts: &[GrpoPrompt],
+        eos: &[u32],
+        pad: u32,
+        lr: f64,
+        extra: &mut dyn FnMut(&[u32], &[u32]) -> Result<f64>,
+    ) -> Result<GrpoMetrics> {
         ensure!(!prompts.is_empty() && self.cfg.group_size >= 2, "GRPO needs prompts and a group size of at least 2");
         let g = self.cfg.group_size;
         let opts = GenerateOptions {
@@ -117,7 +143,7 @@ impl GrpoTrainer {
             for _ in 0..g {
                 let c = sample_completion(&actor, &p.ids, eos, &opts, &mut self.rng);
                 let text = tok.decode(&c, true)?;
-                rewards.push(combined_reward(&self.cfg.rules, &text, p.reference.as_deref()) as f32);
+                rewards.push((combined_reward(&self.cfg.rules, &text, p.reference.as_deref()) + extra(&p.ids, &c)?) as f32);
                 lengths += c.len();
                 let mut ids = p.ids.clone();
                 let mut target = vec![false; ids.len()];

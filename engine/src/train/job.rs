@@ -219,6 +219,9 @@ impl JobSpec {
         if let Some(r) = spec.ppo.as_mut().and_then(|p| p.reward_model.as_mut()) {
             paths.push(r);
         }
+        if let Some(r) = spec.grpo.as_mut().and_then(|g| g.reward_model.as_mut()) {
+            paths.push(r);
+        }
         for p in paths {
             if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), std::env::var_os("HOME")) {
                 *p = PathBuf::from(home).join(rest);
@@ -272,8 +275,8 @@ impl JobSpec {
                     }
                 }
             }
-            Method::Grpo if self.grpo.as_ref().is_none_or(|g| g.rules.is_empty()) => {
-                bail!("method `grpo` needs at least one [[grpo.rules]] entry")
+            Method::Grpo if self.grpo.as_ref().is_none_or(|g| g.rules.is_empty() && g.reward_model.is_none()) => {
+                bail!("method `grpo` needs [[grpo.rules]] entries or [grpo] reward_model = \"runs/<reward run>\"")
             }
             _ => {}
         }

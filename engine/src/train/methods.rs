@@ -44,7 +44,7 @@ enum Trainer {
     Dpo { t: DpoTrainer, pairs: Vec<EncodedPair> },
     /// `actor_lr`: `[ppo] actor_lr`, which the schedule scales (train.lr sets only the shape).
     Ppo { t: PpoTrainer, prompts: Vec<GrpoPrompt>, reward_model: Option<RewardModel>, actor_lr: f64, base_lr: f64 },
-    Grpo { t: GrpoTrainer, prompts: Vec<GrpoPrompt> },
+    Grpo { t: GrpoTrainer, prompts: Vec<GrpoPrompt>, reward_model: Option<RewardModel> },
     Distill { t: DistillTrainer, examples: Vec<Encoded> },
 }
 
@@ -77,9 +77,16 @@ impl Trainer {
                 let tokens = batch.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum();
                 StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
             }
-            Trainer::Grpo { t, prompts } => {
+            Trainer::Grpo { t, prompts, reward_model } => {
                 let batch: Vec<GrpoPrompt> = idx.iter().map(|&i| prompts[i].clone()).collect();
-                let m = t.step(&lm.tokenizer, &batch, eos, pad, lr)?;
+                let weight = t.cfg.reward_model_weight;
+                let rm = reward_model.as_ref();
+                let m = t.step_with(&lm.tokenizer, &batch, eos, pad, lr, &mut |p, c| {
+                    Ok(match rm {
+                        Some(rm) => weight * score_with(rm, p, c, pad),
+                        None => 0.0,
+                    })
+                })?;
                 let tokens = (m.completion_length * (batch.len() * t.cfg.group_size) as f64) as usize;
                 StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
             }
@@ -92,10 +99,7 @@ impl Trainer {
                 let m = t.step(&ids, eos, pad, &mut |i, resp| {
                     let mut score = 0.0;
                     if let Some(rm) = rm {
-                        let mut full = batch[i].ids.clone();
-                        full.extend(resp);
-                        let (x, last) = super::reward::score_batch(&[&full], pad, &rm.backbone.device());
-                        score += rm.score(x, &last).into_scalar::<f32>() as f64;
+                        score += score_with(rm, &batch[i].ids, resp, pad);
                     }
                     if !ppo_rules.is_empty() {
                         score += combined_reward(ppo_rules, &tok.decode(resp, true)?, batch[i].reference.as_deref());
@@ -175,6 +179,14 @@ impl Trainer {
             Trainer::Distill { t, .. } => vec![("trainable.safetensors", named_params(&t.student, true))],
         }
     }
+}
+
+/// A reward model's score of prompt + response.
+fn score_with(rm: &RewardModel, prompt: &[u32], response: &[u32], pad: u32) -> f64 {
+    let mut full = prompt.to_vec();
+    full.extend(response);
+    let (x, last) = super::reward::score_batch(&[&full], pad, &rm.backbone.device());
+    rm.score(x, &last).into_scalar::<f32>() as f64
 }
 
 /// A reward-model run's model: base (with LoRA if the run used it) + trained head, on `device`.
@@ -261,7 +273,15 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
                 .map(|(p, r)| Ok(GrpoPrompt { ids: chat_ids(&p)?, reference: r }))
                 .collect::<Result<Vec<_>>>()?;
             if spec.method == Method::Grpo {
-                Trainer::Grpo { t: GrpoTrainer::new(policy, adamw, spec.grpo.clone().unwrap_or_default(), spec.seed), prompts }
+                let cfg = spec.grpo.clone().unwrap_or_default();
+                let reward_model = match &cfg.reward_model {
+                    Some(dir) => {
+                        let (rm, base) = load_reward_model(dir, &device)?;
+                        Some(merged_reward_model(rm, &base))
+                    }
+                    None => None,
+                };
+                Trainer::Grpo { t: GrpoTrainer::new(policy, adamw, cfg, spec.seed), prompts, reward_model }
             } else {
                 let cfg = spec.ppo.clone().unwrap_or_default();
                 // Critic from the reward model (as DeepSpeed-Chat does), else from the policy.
