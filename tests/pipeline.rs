@@ -41,12 +41,13 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     let qa = [("Chest pain at rest?", "Emergency."), ("Mild cough?", "Routine."), ("Stiff neck and fever?", "Urgent."), ("Small cut?", "Routine.")];
     write(d, "sft.jsonl", &jsonl(&qa.iter().map(|(q, a)| serde_json::json!({"question": q, "answer": a})).collect::<Vec<_>>()));
     write(d, "prefs.jsonl", &jsonl(&qa.iter().map(|(q, a)| serde_json::json!({"prompt": q, "chosen": a, "rejected": "No idea."})).collect::<Vec<_>>()));
+    write(d, "plain.jsonl", &jsonl(&[serde_json::json!({"text": "Triage sorts patients by urgency."}), serde_json::json!({"text": "Call an ambulance for chest pain."})]));
     write(d, "prompts.jsonl", &jsonl(&qa.iter().map(|(q, a)| serde_json::json!({"prompt": q, "reference": a})).collect::<Vec<_>>()));
     let model = fixture("tiny-models/qwen3").display().to_string();
     let lora = "[lora]\nrank = 4\nalpha = 8\n";
     let sft = write(d, "sft.toml", &format!("method = \"sft\"\nmodel = {model:?}\nname = \"sft\"\n[dataset]\npath = \"sft.jsonl\"\n[train]\nmax_steps = 4\nbatch_size = 4\nlr = 5e-3\n{lora}"));
     let rm = write(d, "rm.toml", &format!("method = \"reward\"\nmodel = \"runs/sft\"\nname = \"rm\"\n[dataset]\npath = \"prefs.jsonl\"\n[train]\nmax_steps = 4\nbatch_size = 4\nlr = 1e-3\n{lora}"));
-    let ppo = write(d, "ppo.toml", &format!("method = \"ppo\"\nmodel = \"runs/sft\"\nname = \"ppo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 4\nlr = 1e-4\n{lora}[ppo]\nreward_model = \"runs/rm\"\nmax_new_tokens = 6\nactor_lr = 1e-4\n"));
+    let ppo = write(d, "ppo.toml", &format!("method = \"ppo\"\nmodel = \"runs/sft\"\nname = \"ppo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 4\nlr = 1e-4\n{lora}[ppo]\nreward_model = \"runs/rm\"\nmax_new_tokens = 6\nactor_lr = 1e-4\nptx_dataset = \"plain.jsonl\"\nptx_coef = 0.5\n"));
     let dpo = write(d, "dpo.toml", &format!("method = \"dpo\"\nmodel = \"runs/sft\"\nname = \"dpo\"\n[dataset]\npath = \"prefs.jsonl\"\n[train]\nmax_steps = 3\nbatch_size = 4\nlr = 2e-3\n{lora}[dpo]\nbeta = 0.1\n"));
     let grpo = write(d, "grpo.toml", &format!("method = \"grpo\"\nmodel = \"runs/sft\"\nname = \"grpo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 2\nlr = 1e-3\n{lora}[grpo]\ngroup_size = 3\nmax_new_tokens = 6\nreward_model = \"runs/rm\"\nreward_model_weight = 0.5\n[[grpo.rules]]\nrule = \"exact_match\"\nnormalise = {{ trim = true }}\n"));
     let distill = write(d, "distill.toml", &format!("method = \"distill\"\nmodel = {model:?}\nname = \"distill\"\n[dataset]\npath = \"sft.jsonl\"\n[train]\nmax_steps = 3\nbatch_size = 4\nlr = 3e-3\n{lora}[distill]\nteacher = \"runs/sft\"\ntemperature = 2.0\n"));
@@ -58,6 +59,7 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     assert_eq!(train(&ppo)["status"], "finished");
     let ppo_steps = step_metrics(d, "ppo");
     assert_eq!(ppo_steps.len(), 2);
+    assert!(ppo_steps[0]["metrics"]["ptx_loss"].as_f64().unwrap() > 0.0, "PTX mixing is on");
     for k in ["reward_mean", "kl_to_reference", "entropy", "value_loss", "clip_fraction", "approx_kl", "ratio_mean", "response_length"] {
         assert!(ppo_steps[1]["metrics"][k].is_number(), "ppo metric {k} missing: {}", ppo_steps[1]);
     }

@@ -216,12 +216,14 @@ impl JobSpec {
         if let Some(d) = spec.distill.as_mut() {
             paths.push(&mut d.teacher);
         }
-        if let Some(r) = spec.ppo.as_mut().and_then(|p| p.reward_model.as_mut()) {
-            paths.push(r);
+        if let Some(p) = spec.ppo.as_mut() {
+            paths.extend(p.reward_model.as_mut());
+            paths.extend(p.ptx_dataset.as_mut());
         }
         if let Some(r) = spec.grpo.as_mut().and_then(|g| g.reward_model.as_mut()) {
             paths.push(r);
         }
+
         for p in paths {
             if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), std::env::var_os("HOME")) {
                 *p = PathBuf::from(home).join(rest);

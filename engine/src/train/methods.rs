@@ -151,6 +151,7 @@ impl Trainer {
                 t.actor = set_named_params(t.actor.clone(), &p)?;
                 t.critic = set_named_params(t.critic.clone(), &read_all(&ck.join("critic.safetensors"))?)?;
                 t.reward_ema = state.get("reward_ema").and_then(|v| v.as_f64());
+                t.steps_done = state.get("ppo_steps_done").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 if let Some(ema) = t.actor_ema.clone() {
                     t.actor_ema = Some(set_named_params(ema, &read_all(&ck.join("actor_ema.safetensors"))?)?);
                 }
@@ -299,7 +300,21 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
                     None => (RewardModel::new(policy.clone(), config.hidden_size, spec.seed), None),
                 };
                 let actor_lr = cfg.actor_lr;
-                let t = PpoTrainer::new(policy, critic, cfg, spec.seed);
+                let ptx = match &cfg.ptx_dataset {
+                    Some(path) => read_records(path)?
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| {
+                            let text = r.get("text").and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{}: row {}: no `text` column", path.display(), i + 1))?;
+                            let mut ids = tok.encode(text, true)?;
+                            ids.truncate(tc.max_seq_len);
+                            Ok(Encoded { target: vec![true; ids.len()], ids })
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                    None => vec![],
+                };
+                let mut t = PpoTrainer::new(policy, critic, cfg, spec.seed);
+                t.ptx = ptx;
                 Trainer::Ppo { t, prompts, reward_model, actor_lr, base_lr: tc.lr }
             }
         }
@@ -415,6 +430,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
                 }
                 if let Trainer::Ppo { t, .. } = &trainer {
                     state["reward_ema"] = t.reward_ema.into();
+                    state["ppo_steps_done"] = t.steps_done.into();
                 }
                 atomic_write(&tmp.join("state.json"), state.to_string().as_bytes())?;
                 let _ = std::fs::remove_dir_all(&dst);

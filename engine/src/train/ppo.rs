@@ -48,6 +48,10 @@ pub struct PpoConfig {
     pub reward_model: Option<std::path::PathBuf>,
     /// …and/or rule rewards added to it.
     pub rules: Vec<super::rewards::WeightedRule>,
+    /// PTX mixing (InstructGPT): a language-model loss on plain text, weighted by `ptx_coef`,
+    /// added to the actor loss so the policy keeps its general language ability.
+    pub ptx_dataset: Option<std::path::PathBuf>,
+    pub ptx_coef: f64,
 }
 
 impl Default for PpoConfig {
@@ -67,6 +71,8 @@ impl Default for PpoConfig {
             ema: 0.0,
             reward_model: None,
             rules: vec![],
+            ptx_dataset: None,
+            ptx_coef: 0.0,
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct PpoMetrics {
     pub approx_kl: f64,
     pub ratio_mean: f64,
     pub response_length: f64,
+    /// Mean token NLL of the PTX batch (0 when PTX is off).
+    pub ptx_loss: f64,
     pub generation_seconds: f64,
     pub scoring_seconds: f64,
     pub training_seconds: f64,
@@ -106,6 +114,9 @@ pub struct PpoTrainer {
     pub critic_optim: AdamW,
     pub cfg: PpoConfig,
     pub reward_ema: Option<f64>,
+    /// Plain-text examples for PTX mixing, used round-robin by step.
+    pub ptx: Vec<Encoded>,
+    pub steps_done: usize,
     rng: ChaCha8Rng,
 }
 
@@ -131,6 +142,8 @@ impl PpoTrainer {
             critic_optim: AdamW::new(AdamWConfig::default()),
             cfg,
             reward_ema: None,
+            ptx: Vec::new(),
+            steps_done: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
@@ -209,6 +222,7 @@ impl PpoTrainer {
             approx_kl: 0.0,
             ratio_mean: 0.0,
             response_length: responses.iter().map(|r| r.len()).sum::<usize>() as f64 / b as f64,
+            ptx_loss: 0.0,
             generation_seconds,
             scoring_seconds,
             training_seconds: 0.0,
@@ -226,6 +240,17 @@ impl PpoTrainer {
             m.policy_loss = pl.clone().into_scalar::<f32>() as f64;
             m.clip_fraction = cf.into_scalar::<f32>() as f64;
             m.approx_kl = ak.into_scalar::<f32>() as f64;
+            let pl = if c.ptx_coef > 0.0 && !self.ptx.is_empty() {
+                let n = self.ptx.len();
+                let pick: Vec<&Encoded> = (0..b.min(n)).map(|k| &self.ptx[(self.steps_done * b + k) % n]).collect();
+                let pb = make_batch(&pick, pad, &dev);
+                let (nll, _) = super::sft::nll_sum(&self.actor, &pb);
+                let ptx = nll / pb.n_targets.max(1) as f64;
+                m.ptx_loss = ptx.clone().into_scalar::<f32>() as f64;
+                pl + ptx * c.ptx_coef
+            } else {
+                pl
+            };
             let mut g = GradientsParams::from_grads(pl.backward(), &self.actor);
             let s = clip_scale(global_grad_norm(&self.actor, &g), Some(1.0));
             self.actor = self.actor_optim.step(self.actor.clone(), &mut g, c.actor_lr, s);
@@ -254,6 +279,7 @@ impl PpoTrainer {
             None => m.reward_mean,
         });
         m.reward_ema = self.reward_ema.unwrap();
+        self.steps_done += 1;
         m.training_seconds = t_train.elapsed().as_secs_f64();
         Ok(m)
     }
