@@ -46,7 +46,7 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     let model = fixture("tiny-models/qwen3").display().to_string();
     let lora = "[lora]\nrank = 4\nalpha = 8\n";
     let sft = write(d, "sft.toml", &format!("method = \"sft\"\nmodel = {model:?}\nname = \"sft\"\n[dataset]\npath = \"sft.jsonl\"\n[train]\nmax_steps = 4\nbatch_size = 4\nlr = 5e-3\n{lora}"));
-    let rm = write(d, "rm.toml", &format!("method = \"reward\"\nmodel = \"runs/sft\"\nname = \"rm\"\n[dataset]\npath = \"prefs.jsonl\"\n[train]\nmax_steps = 4\nbatch_size = 4\nlr = 1e-3\n{lora}"));
+    let rm = write(d, "rm.toml", &format!("method = \"reward\"\nmodel = \"runs/sft\"\nname = \"rm\"\n[dataset]\npath = \"prefs.jsonl\"\nvalidation_fraction = 0.25\n[train]\nmax_steps = 4\nbatch_size = 4\nlr = 1e-3\neval_every = 2\n{lora}"));
     let ppo = write(d, "ppo.toml", &format!("method = \"ppo\"\nmodel = \"runs/sft\"\nname = \"ppo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 4\nlr = 1e-4\n{lora}[ppo]\nreward_model = \"runs/rm\"\nmax_new_tokens = 6\nactor_lr = 1e-4\nptx_dataset = \"plain.jsonl\"\nptx_coef = 0.5\n"));
     let dpo = write(d, "dpo.toml", &format!("method = \"dpo\"\nmodel = \"runs/sft\"\nname = \"dpo\"\n[dataset]\npath = \"prefs.jsonl\"\n[train]\nmax_steps = 3\nbatch_size = 4\nlr = 2e-3\n{lora}[dpo]\nbeta = 0.1\n"));
     let grpo = write(d, "grpo.toml", &format!("method = \"grpo\"\nmodel = \"runs/sft\"\nname = \"grpo\"\n[dataset]\npath = \"prompts.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 2\nlr = 1e-3\n{lora}[grpo]\ngroup_size = 3\nmax_new_tokens = 6\nreward_model = \"runs/rm\"\nreward_model_weight = 0.5\n[[grpo.rules]]\nrule = \"exact_match\"\nnormalise = {{ trim = true }}\n"));
@@ -56,6 +56,10 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     let card = train(&rm);
     assert_eq!((card["status"].as_str(), card["base_model"]["from_run"].as_bool()), (Some("finished"), Some(true)));
     assert!(step_metrics(d, "rm").iter().all(|s| s["metrics"]["accuracy"].is_number()));
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(d.join("runs/rm/metrics.jsonl")).unwrap().lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["event"] == "eval").collect();
+    assert_eq!(evals.len(), 2, "held-out evaluation at steps 2 and 4");
+    assert!(evals[1]["metrics"]["accuracy"].is_number() && evals[1]["perplexity"].is_null());
     assert_eq!(train(&ppo)["status"], "finished");
     let ppo_steps = step_metrics(d, "ppo");
     assert_eq!(ppo_steps.len(), 2);

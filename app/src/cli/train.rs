@@ -58,7 +58,14 @@ pub fn run(a: Args) -> Result<()> {
                 bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, s.tokens_per_second));
             }
             JobEvent::Eval(e) => {
-                bar.println(format!("step {}: eval loss {:.4}, perplexity {:.3}, token accuracy {:.3}", e.step, e.eval_loss, e.perplexity, e.token_accuracy));
+                let mut line = format!("step {}: eval loss {:.4}", e.step, e.eval_loss);
+                if let (Some(p), Some(a)) = (e.perplexity, e.token_accuracy) {
+                    line.push_str(&format!(", perplexity {p:.3}, token accuracy {a:.3}"));
+                }
+                for (k, v) in &e.metrics {
+                    line.push_str(&format!(", {k} {v:.4}"));
+                }
+                bar.println(line);
             }
             JobEvent::Checkpoint { step, path } => bar.println(format!("step {step}: checkpoint {}", path.display())),
             JobEvent::Log { message } => bar.println(message),

@@ -95,6 +95,44 @@ impl DpoTrainer {
         seqs.iter().map(|e| self.ref_cache[&e.ids]).collect()
     }
 
+    /// DPO metrics on held-out pairs, without training.
+    pub fn evaluate(&mut self, pairs: &[EncodedPair], pad: u32) -> Result<DpoMetrics> {
+        ensure!(!pairs.is_empty(), "no preference pairs to evaluate");
+        let n = pairs.len();
+        let seqs: Vec<&Encoded> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
+        let refs = self.reference_logps(&seqs, pad);
+        let policy = self.policy.without_autodiff();
+        let device = policy.device();
+        let logps = sequence_logps(&policy, &make_batch(&seqs, pad, &device));
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &device);
+        let (loss, rw_c, rw_r) = dpo_loss(
+            logps.clone().slice_dim(0, 0..n),
+            logps.clone().slice_dim(0, n..2 * n),
+            t(&refs[..n]),
+            t(&refs[n..]),
+            self.beta,
+            self.label_smoothing,
+            self.variant,
+        );
+        let lp = logps.try_into_vec_as::<f32>().expect("float");
+        Ok(Self::metrics(loss.into_scalar::<f32>() as f64, &rw_c.try_into_vec_as::<f32>().expect("float"), &rw_r.try_into_vec_as::<f32>().expect("float"), &lp[..n], &lp[n..], 0.0))
+    }
+
+    fn metrics(loss: f64, rc: &[f32], rr: &[f32], pc: &[f32], pr: &[f32], grad_norm: f64) -> DpoMetrics {
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let margins: Vec<f32> = rc.iter().zip(rr).map(|(a, b)| a - b).collect();
+        DpoMetrics {
+            loss,
+            rewards_chosen: mean(rc),
+            rewards_rejected: mean(rr),
+            rewards_margins: mean(&margins),
+            rewards_accuracies: margins.iter().filter(|&&m| m > 0.0).count() as f64 / rc.len() as f64,
+            logps_chosen: mean(pc),
+            logps_rejected: mean(pr),
+            grad_norm,
+        }
+    }
+
     pub fn step(&mut self, pairs: &[EncodedPair], pad: u32, lr: f64) -> Result<DpoMetrics> {
         ensure!(!pairs.is_empty(), "no preference pairs in this step");
         let n = pairs.len();
@@ -117,17 +155,6 @@ impl DpoTrainer {
         let rr = rw_r.try_into_vec_as::<f32>().expect("float");
         let pcv = pc.detach().try_into_vec_as::<f32>().expect("float");
         let prv = pr.detach().try_into_vec_as::<f32>().expect("float");
-        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
-        let margins: Vec<f32> = rc.iter().zip(&rr).map(|(a, b)| a - b).collect();
-        Ok(DpoMetrics {
-            loss: loss_v,
-            rewards_chosen: mean(&rc),
-            rewards_rejected: mean(&rr),
-            rewards_margins: mean(&margins),
-            rewards_accuracies: margins.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64,
-            logps_chosen: mean(&pcv),
-            logps_rejected: mean(&prv),
-            grad_norm,
-        })
+        Ok(Self::metrics(loss_v, &rc, &rr, &pcv, &prv, grad_norm))
     }
 }

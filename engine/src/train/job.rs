@@ -319,8 +319,14 @@ pub struct StepRecord {
 pub struct EvalRecord {
     pub step: usize,
     pub eval_loss: f64,
-    pub perplexity: f64,
-    pub token_accuracy: f64,
+    /// SFT: exp(eval loss) and next-token accuracy on the held-out split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_accuracy: Option<f64>,
+    /// Other methods' held-out metrics by name (e.g. `accuracy`, `rewards/margins`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// Everything a running job reports, in order. The single path from a job to any view.
@@ -730,7 +736,13 @@ fn evaluate(trainer: &SftTrainer, encoded: &[Encoded], idx: &[usize], bs: usize,
         n += b.n_targets;
     }
     let loss = nll / n.max(1) as f64;
-    Ok(EvalRecord { step, eval_loss: loss, perplexity: loss.exp(), token_accuracy: correct / n.max(1) as f64 })
+    Ok(EvalRecord {
+        step,
+        eval_loss: loss,
+        perplexity: Some(loss.exp()),
+        token_accuracy: Some(correct / n.max(1) as f64),
+        metrics: BTreeMap::new(),
+    })
 }
 
 /// Keep only the metrics lines up to `step` (a resumed run writes the rest again).

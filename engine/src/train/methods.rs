@@ -129,6 +129,27 @@ impl Trainer {
         }
     }
 
+    /// Held-out metrics (reward and DPO runs).
+    fn evaluate(&mut self, idx: &[usize], pad: u32, step: usize) -> Result<super::job::EvalRecord> {
+        let (loss, metrics) = match self {
+            Trainer::Reward { t, pairs } => {
+                let c: Vec<&[u32]> = idx.iter().map(|&i| pairs[i].0.as_slice()).collect();
+                let r: Vec<&[u32]> = idx.iter().map(|&i| pairs[i].1.as_slice()).collect();
+                let m = t.evaluate(&c, &r, pad);
+                (m.loss, metric_map(serde_json::to_value(m)?))
+            }
+            Trainer::Dpo { t, pairs } => {
+                let batch: Vec<EncodedPair> = idx.iter().map(|&i| pairs[i].clone()).collect();
+                let m = t.evaluate(&batch, pad)?;
+                (m.loss, metric_map(serde_json::to_value(m)?))
+            }
+            _ => bail!("held-out evaluation is available for reward and dpo runs"),
+        };
+        let mut metrics = metrics;
+        metrics.remove("grad_norm");
+        Ok(super::job::EvalRecord { step, eval_loss: loss, perplexity: None, token_accuracy: None, metrics })
+    }
+
     fn reseed(&mut self, seed: u64) {
         match self {
             Trainer::Grpo { t, .. } => t.reseed(seed),
@@ -333,7 +354,11 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         Method::Sft => unreachable!("SFT runs in job::run"),
     };
 
-    let (train_idx, _) = split(trainer.len(), 0.0, spec.seed);
+    let held_out_ok = matches!(spec.method, Method::Reward | Method::Dpo);
+    if spec.dataset.validation_fraction > 0.0 && !held_out_ok {
+        bail!("dataset.validation_fraction: held-out evaluation is available for sft, reward and dpo runs");
+    }
+    let (train_idx, eval_idx) = split(trainer.len(), spec.dataset.validation_fraction, spec.seed);
     let per_step = tc.batch_size * tc.grad_accum;
     let steps_per_epoch = train_idx.len().div_ceil(per_step).max(1);
     let total_steps = if tc.max_steps > 0 { tc.max_steps } else { steps_per_epoch * tc.epochs };
@@ -368,7 +393,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         total_steps,
         start_step: step,
         train_examples: train_idx.len(),
-        eval_examples: 0,
+        eval_examples: eval_idx.len(),
         memory: memory.clone(),
     });
     let ppo_rules = spec.ppo.as_ref().map(|p| p.rules.clone()).unwrap_or_default();
@@ -415,6 +440,10 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
             };
             sink.emit(JobEvent::Step(rec.clone()));
             last = Some(rec);
+            if !eval_idx.is_empty() && (step == total_steps || (tc.eval_every > 0 && step % tc.eval_every == 0)) {
+                let e = trainer.evaluate(&eval_idx, pad, step)?;
+                sink.emit(JobEvent::Eval(e));
+            }
             if step == total_steps || (tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) {
                 let dst = run_dir.join("checkpoints").join(format!("step-{step:07}"));
                 let tmp = run_dir.join("checkpoints").join(format!(".tmp-step-{step:07}"));
