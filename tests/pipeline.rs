@@ -75,6 +75,9 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     assert_eq!(card["status"], "finished");
     assert!(card["distillation"]["teacher"]["parameters"].as_u64().unwrap() > 0);
     assert!(card["distillation"]["student"]["forward_tokens_per_second"].as_f64().unwrap() > 0.0);
+    let onp = write(d, "onpolicy.toml", &format!("method = \"distill\"\nmodel = {model:?}\nname = \"onpolicy\"\n[dataset]\npath = \"sft.jsonl\"\n[train]\nmax_steps = 3\nbatch_size = 2\nlr = 3e-3\n{lora}[distill]\nteacher = \"runs/sft\"\non_policy = true\nmax_new_tokens = 6\n"));
+    assert_eq!(train(&onp)["status"], "finished");
+    assert!(step_metrics(d, "onpolicy").iter().all(|s| s["metrics"]["teacher_student_kl"].as_f64().unwrap().is_finite()));
     let dist = step_metrics(d, "distill");
     assert!(dist[2]["metrics"]["teacher_student_kl"].as_f64().unwrap() < dist[0]["metrics"]["teacher_student_kl"].as_f64().unwrap());
 

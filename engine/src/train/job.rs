@@ -84,9 +84,20 @@ pub struct DistillSpec {
     pub temperature: f64,
     #[serde(default = "default_divergence")]
     pub divergence: super::losses::Divergence,
-    /// Weight of the plain SFT loss mixed in.
+    /// Weight of the plain SFT loss mixed in (off-policy mode only).
     #[serde(default)]
     pub sft_weight: f64,
+    /// On-policy (GKD): the student samples responses to the prompts and the teacher scores
+    /// every token of them; otherwise the dataset's responses are used.
+    #[serde(default)]
+    pub on_policy: bool,
+    /// Length of sampled responses in on-policy mode.
+    #[serde(default = "default_distill_tokens")]
+    pub max_new_tokens: usize,
+}
+
+fn default_distill_tokens() -> usize {
+    64
 }
 
 fn default_temperature() -> f64 {

@@ -45,7 +45,8 @@ enum Trainer {
     /// `actor_lr`: `[ppo] actor_lr`, which the schedule scales (train.lr sets only the shape).
     Ppo { t: PpoTrainer, prompts: Vec<GrpoPrompt>, reward_model: Option<RewardModel>, actor_lr: f64, base_lr: f64 },
     Grpo { t: GrpoTrainer, prompts: Vec<GrpoPrompt>, reward_model: Option<RewardModel> },
-    Distill { t: DistillTrainer, examples: Vec<Encoded> },
+    /// `on_policy`: sample the responses from the student each step (prompt-only examples).
+    Distill { t: DistillTrainer, examples: Vec<Encoded>, on_policy: Option<(usize, rand_chacha::ChaCha8Rng)> },
 }
 
 fn metric_map(v: serde_json::Value) -> BTreeMap<String, f64> {
@@ -109,8 +110,28 @@ impl Trainer {
                 let tokens = (m.response_length * batch.len() as f64) as usize;
                 StepOut { loss: m.policy_loss, grad_norm: f64::NAN, tokens, metrics: metric_map(serde_json::to_value(m)?) }
             }
-            Trainer::Distill { t, examples } => {
-                let batch: Vec<&Encoded> = idx.iter().map(|&i| &examples[i]).collect();
+            Trainer::Distill { t, examples, on_policy } => {
+                let sampled: Vec<Encoded>;
+                let batch: Vec<&Encoded> = match on_policy {
+                    None => idx.iter().map(|&i| &examples[i]).collect(),
+                    Some((max_new, rng)) => {
+                        let student = t.student.without_autodiff();
+                        let opts = crate::generate::GenerateOptions { max_new_tokens: *max_new, temperature: 1.0, ..Default::default() };
+                        sampled = idx
+                            .iter()
+                            .map(|&i| {
+                                let prompt: Vec<u32> = examples[i].ids.iter().zip(&examples[i].target).take_while(|(_, t)| !**t).map(|(x, _)| *x).collect();
+                                let r = super::grpo::sample_completion(&student, &prompt, eos, &opts, rng);
+                                let mut target = vec![false; prompt.len()];
+                                target.extend(std::iter::repeat_n(true, r.len()));
+                                let mut ids = prompt;
+                                ids.extend(r);
+                                Encoded { ids, target }
+                            })
+                            .collect();
+                        sampled.iter().collect()
+                    }
+                };
                 let m = t.step(&batch, pad, lr)?;
                 let tokens = batch.iter().map(|e| e.ids.len()).sum();
                 StepOut { loss: m.loss, grad_norm: m.grad_norm, tokens, metrics: metric_map(serde_json::to_value(m)?) }
@@ -154,6 +175,7 @@ impl Trainer {
         match self {
             Trainer::Grpo { t, .. } => t.reseed(seed),
             Trainer::Ppo { t, .. } => t.reseed(seed),
+            Trainer::Distill { on_policy: Some((_, rng)), .. } => *rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed),
             _ => {}
         }
     }
@@ -349,7 +371,9 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
                 .iter()
                 .map(|e| encode(tok, e, tc.max_seq_len, false, eos))
                 .collect::<Result<Vec<_>>>()?;
-            Trainer::Distill { t: DistillTrainer::new(policy, teacher.model.clone(), adamw, d.temperature, d.divergence, d.sft_weight), examples }
+            let on_policy = d.on_policy.then(|| (d.max_new_tokens, <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(spec.seed)));
+            let sft_weight = if d.on_policy { 0.0 } else { d.sft_weight };
+            Trainer::Distill { t: DistillTrainer::new(policy, teacher.model.clone(), adamw, d.temperature, d.divergence, sft_weight), examples, on_policy }
         }
         Method::Sft => unreachable!("SFT runs in job::run"),
     };
@@ -474,7 +498,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
     })();
     let failure = result.as_ref().err().map(|e| format!("{e:#}"));
     let distillation = match (&trainer, &spec.distill) {
-        (Trainer::Distill { t, examples }, Some(d)) => Some(distill_card(t, examples, pad, &d.teacher, &config)?),
+        (Trainer::Distill { t, examples, .. }, Some(d)) => Some(distill_card(t, examples, pad, &d.teacher, &config)?),
         _ => None,
     };
     let card = serde_json::json!({
