@@ -78,6 +78,10 @@ fn sft_then_reward_model_then_ppo_and_friends() {
     let onp = write(d, "onpolicy.toml", &format!("method = \"distill\"\nmodel = {model:?}\nname = \"onpolicy\"\n[dataset]\npath = \"sft.jsonl\"\n[train]\nmax_steps = 3\nbatch_size = 2\nlr = 3e-3\n{lora}[distill]\nteacher = \"runs/sft\"\non_policy = true\nmax_new_tokens = 6\n"));
     assert_eq!(train(&onp)["status"], "finished");
     assert!(step_metrics(d, "onpolicy").iter().all(|s| s["metrics"]["teacher_student_kl"].as_f64().unwrap().is_finite()));
+    let seq = write(d, "seqkd.toml", &format!("method = \"distill\"\nmodel = {model:?}\nname = \"seqkd\"\n[dataset]\npath = \"sft.jsonl\"\n[train]\nmax_steps = 2\nbatch_size = 2\n{lora}[distill]\nteacher = \"runs/sft\"\nsequence_level = true\nmax_new_tokens = 8\n"));
+    assert_eq!(train(&seq)["status"], "finished");
+    let teacher_rows = std::fs::read_to_string(d.join("runs/seqkd/teacher_sft.jsonl")).unwrap();
+    assert_eq!(teacher_rows.lines().count(), 4, "one teacher answer per prompt");
     let dist = step_metrics(d, "distill");
     assert!(dist[2]["metrics"]["teacher_student_kl"].as_f64().unwrap() < dist[0]["metrics"]["teacher_student_kl"].as_f64().unwrap());
 

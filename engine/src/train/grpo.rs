@@ -2,7 +2,8 @@
 //! completions, score them with rule rewards, standardise the rewards within the group, and
 //! push up the log-probability of above-average completions; optional KL to the frozen
 //! reference (k3 estimator, β default 0). One policy update per rollout, so the importance ratio
-//! is exp(logπ − sg(logπ)) = 1 with the policy-gradient derivative.
+//! is exp(logπ − sg(logπ)) = 1 with the policy-gradient derivative, inside the clipped
+//! surrogate of the paper.
 
 use anyhow::{Result, ensure};
 use burn::optim::GradientsParams;
@@ -29,6 +30,8 @@ pub struct GrpoConfig {
     pub top_p: f32,
     /// KL-to-reference coefficient.
     pub beta: f64,
+    /// Clip range ε of the surrogate objective.
+    pub clip: f64,
     pub rules: Vec<WeightedRule>,
     /// Jobs: a reward-model run whose score (times `reward_model_weight`) is added to the rules.
     pub reward_model: Option<std::path::PathBuf>,
@@ -43,6 +46,7 @@ impl Default for GrpoConfig {
             temperature: 1.0,
             top_p: 1.0,
             beta: 0.0,
+            clip: 0.2,
             rules: vec![],
             reward_model: None,
             reward_model_weight: 1.0,
@@ -161,8 +165,12 @@ impl GrpoTrainer {
         let logp = token_logps(&self.policy, &batch);
         let w = batch.weights.clone();
         let adv = Tensor::<2>::from_data(TensorData::new(advantages.clone(), [b, 1]), &device);
+        // Clipped surrogate, max(−A·r, −A·clip(r, 1−ε, 1+ε)), with r = π/π_old and π_old the
+        // rollout policy (one update per rollout, so r = 1 in value, ∇r = ∇log π).
         let ratio = (logp.clone() - logp.clone().detach()).exp();
-        let mut per_token = (ratio * adv).neg();
+        let pg1 = ratio.clone() * adv.clone().neg();
+        let pg2 = ratio.clamp(1.0 - self.cfg.clip, 1.0 + self.cfg.clip) * adv.neg();
+        let mut per_token = pg1.max_pair(pg2);
         let mut kl_v = 0.0;
         if self.cfg.beta > 0.0 {
             let rb = make_batch(&refs, pad, &self.reference.device());

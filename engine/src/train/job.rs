@@ -91,7 +91,12 @@ pub struct DistillSpec {
     /// every token of them; otherwise the dataset's responses are used.
     #[serde(default)]
     pub on_policy: bool,
-    /// Length of sampled responses in on-policy mode.
+    /// Sequence-level KD (Kim & Rush): the teacher answers every prompt greedily first; its
+    /// answers are written to `<run>/teacher_sft.jsonl` and the student is trained on them with
+    /// the SFT loss.
+    #[serde(default)]
+    pub sequence_level: bool,
+    /// Length of sampled responses in on-policy and sequence-level modes.
     #[serde(default = "default_distill_tokens")]
     pub max_new_tokens: usize,
 }
@@ -277,6 +282,9 @@ impl JobSpec {
         }
         match self.method {
             Method::Distill if self.distill.is_none() => bail!("method `distill` needs a [distill] section with `teacher`"),
+            Method::Distill if self.distill.as_ref().is_some_and(|d| d.on_policy && d.sequence_level) => {
+                bail!("[distill] on_policy and sequence_level are two different modes; choose one")
+            }
             Method::Ppo => {
                 let p = self.ppo.clone().unwrap_or_default();
                 if p.reward_model.is_none() && p.rules.is_empty() {

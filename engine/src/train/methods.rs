@@ -283,6 +283,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         }
     };
     let f = &spec.dataset.path;
+    let mut seq_kd_rows: Vec<serde_json::Value> = Vec::new();
     let mut trainer = match spec.method {
         Method::Reward => {
             let pairs = preference_examples(&records, &spec.dataset.columns, f)?
@@ -367,12 +368,27 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
             if teacher.config.vocab_size != lm.config.vocab_size {
                 bail!("teacher and student vocabularies differ ({} vs {}); distillation needs one tokenizer", teacher.config.vocab_size, lm.config.vocab_size);
             }
-            let examples = sft_examples(&records, &spec.dataset.columns, f)?
-                .iter()
-                .map(|e| encode(tok, e, tc.max_seq_len, false, eos))
-                .collect::<Result<Vec<_>>>()?;
+            let mut sft = sft_examples(&records, &spec.dataset.columns, f)?;
+            if d.sequence_level {
+                // The teacher's greedy answers replace the dataset's responses.
+                let opts = crate::generate::GenerateOptions { max_new_tokens: d.max_new_tokens, ..Default::default() };
+                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(spec.seed);
+                for ex in sft.iter_mut() {
+                    let context = &ex.messages[..ex.messages.len() - 1];
+                    let prompt = match &tok.chat_template {
+                        Some(_) => tok.apply_chat(context, true)?.1,
+                        None => tok.encode(&format!("{}\n", context.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")), true)?,
+                    };
+                    let answer = super::grpo::sample_completion(&teacher.model, &prompt, &eos_ids, &opts, &mut rng);
+                    let text = tok.decode(&answer, true)?;
+                    let user = context.last().map(|m| m.content.clone()).unwrap_or_default();
+                    seq_kd_rows.push(serde_json::json!({"prompt": user, "response": text}));
+                    ex.messages.last_mut().expect("non-empty").content = text;
+                }
+            }
+            let examples = sft.iter().map(|e| encode(tok, e, tc.max_seq_len, false, eos)).collect::<Result<Vec<_>>>()?;
             let on_policy = d.on_policy.then(|| (d.max_new_tokens, <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(spec.seed)));
-            let sft_weight = if d.on_policy { 0.0 } else { d.sft_weight };
+            let sft_weight = if d.on_policy { 0.0 } else if d.sequence_level { 1.0 } else { d.sft_weight };
             Trainer::Distill { t: DistillTrainer::new(policy, teacher.model.clone(), adamw, d.temperature, d.divergence, sft_weight), examples, on_policy }
         }
         Method::Sft => unreachable!("SFT runs in job::run"),
@@ -408,6 +424,10 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         }
     };
     sink.file = Some(std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))?);
+    if !seq_kd_rows.is_empty() {
+        let text: String = seq_kd_rows.iter().map(|r| format!("{r}\n")).collect();
+        atomic_write(&run_dir.join("teacher_sft.jsonl"), text.as_bytes())?;
+    }
     let trainable: usize = trainer.checkpoint().iter().flat_map(|(_, m)| m.values()).map(|t| t.data.len()).sum();
     let memory = MemoryEstimate::training(&config, trainable, tc.batch_size, tc.max_seq_len);
     let started = unix_seconds();
