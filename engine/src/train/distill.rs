@@ -5,12 +5,11 @@
 //! `generate` + the SFT job instead.
 
 use anyhow::{Result, ensure};
-use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::losses::{Divergence, distill_loss};
-use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
+use super::optim::{AdamW, AdamWConfig, backward_step};
 use super::sft::{Encoded, make_batch};
 use crate::model::Transformer;
 
@@ -59,10 +58,8 @@ impl DistillTrainer {
         let loss = kd.clone() * (1.0 - self.sft_weight) + sft.clone() * self.sft_weight;
         let scalar = |x: Tensor<1>| x.into_scalar::<f32>() as f64;
         let (loss_v, kd_v, sft_v, kl_v) = (scalar(loss.clone()), scalar(kd.detach()), scalar(sft.detach()), scalar(kl1));
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.student);
-        let grad_norm = global_grad_norm(&self.student, &grads);
-        let scale = clip_scale(grad_norm, self.max_grad_norm);
-        self.student = self.optim.step(self.student.clone(), &mut grads, lr, scale);
+        let (student, grad_norm) = backward_step(self.student.clone(), loss, &mut self.optim, lr, self.max_grad_norm);
+        self.student = student;
         Ok(DistillMetrics { loss: loss_v, distill: kd_v, sft: sft_v, teacher_student_kl: kl_v, grad_norm })
     }
 }

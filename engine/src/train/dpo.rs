@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 
 use anyhow::{Result, ensure};
-use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::losses::{DpoVariant, dpo_loss};
-use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
+use super::optim::{AdamW, AdamWConfig, backward_step};
 use super::sft::{Batch, Encoded, make_batch};
 use crate::model::Transformer;
 
@@ -147,10 +146,8 @@ impl DpoTrainer {
         let rr = Tensor::<1>::from_data(TensorData::new(refs[n..].to_vec(), [n]), &device);
         let (loss, rw_c, rw_r) = dpo_loss(pc.clone(), pr.clone(), rc, rr, self.beta, self.label_smoothing, self.variant);
         let loss_v = loss.clone().into_scalar::<f32>() as f64;
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.policy);
-        let grad_norm = global_grad_norm(&self.policy, &grads);
-        let scale = clip_scale(grad_norm, self.max_grad_norm);
-        self.policy = self.optim.step(self.policy.clone(), &mut grads, lr, scale);
+        let (policy, grad_norm) = backward_step(self.policy.clone(), loss, &mut self.optim, lr, self.max_grad_norm);
+        self.policy = policy;
         let rc = rw_c.try_into_vec_as::<f32>().expect("float");
         let rr = rw_r.try_into_vec_as::<f32>().expect("float");
         let pcv = pc.detach().try_into_vec_as::<f32>().expect("float");

@@ -6,7 +6,6 @@
 //! surrogate of the paper.
 
 use anyhow::{Result, ensure};
-use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dpo::token_logps;
 use super::losses::group_advantages;
-use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
+use super::optim::{AdamW, AdamWConfig, backward_step};
 use super::rewards::{WeightedRule, combined_reward};
 use super::sft::{Encoded, make_batch};
 use crate::generate::{GenerateOptions, sample};
@@ -184,10 +183,8 @@ impl GrpoTrainer {
         let per_seq = (per_token * w.clone()).sum_dim(1).reshape([b]) / w.sum_dim(1).reshape([b]).clamp_min(1.0);
         let loss = per_seq.mean();
         let loss_v = loss.clone().into_scalar::<f32>() as f64;
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.policy);
-        let grad_norm = global_grad_norm(&self.policy, &grads);
-        let scale = clip_scale(grad_norm, self.max_grad_norm);
-        self.policy = self.optim.step(self.policy.clone(), &mut grads, lr, scale);
+        let (policy, grad_norm) = backward_step(self.policy.clone(), loss, &mut self.optim, lr, self.max_grad_norm);
+        self.policy = policy;
         let n = all_rewards.len() as f64;
         let mean = all_rewards.iter().map(|&r| r as f64).sum::<f64>() / n;
         let std = (all_rewards.iter().map(|&r| (r as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();

@@ -138,6 +138,15 @@ impl ModuleMapper for AdamWMapper<'_> {
     }
 }
 
+/// Backpropagate `loss`, clip the gradients to `max_grad_norm` (global norm) and take one AdamW
+/// step. Returns the updated module and the norm before clipping.
+pub fn backward_step<M: Module>(module: M, loss: Tensor<1>, optim: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> (M, f64) {
+    let mut grads = GradientsParams::from_grads(loss.backward(), &module);
+    let norm = global_grad_norm(&module, &grads);
+    let module = optim.step(module, &mut grads, lr, clip_scale(norm, max_grad_norm));
+    (module, norm)
+}
+
 /// The global L2 norm of all gradients of `module`'s parameters (as clip_grad_norm_ computes it).
 pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     struct Acc<'a> {

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData, activation};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -22,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::dpo::token_logps;
 use super::grpo::sample_completion;
 use super::losses::{gae, kl_penalised_rewards, ppo_policy_loss, ppo_value_loss};
-use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
+use super::optim::{AdamW, AdamWConfig, backward_step};
 use super::reward::RewardModel;
 use super::sft::{Batch, Encoded, make_batch};
 use crate::generate::GenerateOptions;
@@ -251,16 +250,12 @@ impl PpoTrainer {
             } else {
                 pl
             };
-            let mut g = GradientsParams::from_grads(pl.backward(), &self.actor);
-            let s = clip_scale(global_grad_norm(&self.actor, &g), Some(1.0));
-            self.actor = self.actor_optim.step(self.actor.clone(), &mut g, c.actor_lr, s);
+            self.actor = backward_step(self.actor.clone(), pl, &mut self.actor_optim, c.actor_lr, Some(1.0)).0;
             // critic
             let v = critic_values(&self.critic, tb.inputs.clone());
             let vl = ppo_value_loss(v, oldv_t.clone(), ret_t.clone(), mask_t.clone(), c.value_clip);
             m.value_loss = vl.clone().into_scalar::<f32>() as f64;
-            let mut g = GradientsParams::from_grads(vl.backward(), &self.critic);
-            let s = clip_scale(global_grad_norm(&self.critic, &g), Some(1.0));
-            self.critic = self.critic_optim.step(self.critic.clone(), &mut g, c.critic_lr, s);
+            self.critic = backward_step(self.critic.clone(), vl, &mut self.critic_optim, c.critic_lr, Some(1.0)).0;
         }
         if let Some(ema) = &self.actor_ema {
             let cur = super::checkpoint::named_params(&self.actor.without_autodiff(), false);

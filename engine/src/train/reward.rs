@@ -5,12 +5,11 @@
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::losses::pairwise_reward_loss;
-use super::optim::{AdamW, AdamWConfig, clip_scale, global_grad_norm};
+use super::optim::{AdamW, AdamWConfig, backward_step};
 use crate::model::Transformer;
 
 #[derive(Module, Debug)]
@@ -102,10 +101,8 @@ impl RewardTrainer {
         let (sc, sr) = (s.clone().slice_dim(0, 0..n), s.slice_dim(0, n..2 * n));
         let loss = pairwise_reward_loss(sc.clone(), sr.clone());
         let loss_v = loss.clone().into_scalar::<f32>() as f64;
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        let grad_norm = global_grad_norm(&self.model, &grads);
-        let scale = clip_scale(grad_norm, self.max_grad_norm);
-        self.model = self.optim.step(self.model.clone(), &mut grads, lr, scale);
+        let (model, grad_norm) = backward_step(self.model.clone(), loss, &mut self.optim, lr, self.max_grad_norm);
+        self.model = model;
         let c = sc.detach().try_into_vec_as::<f32>().expect("float");
         let r = sr.detach().try_into_vec_as::<f32>().expect("float");
         Ok(Self::metrics(loss_v, &c, &r, grad_norm))
