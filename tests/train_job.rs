@@ -293,3 +293,13 @@ fn cli_resume_after_kill_matches_an_uninterrupted_run() {
         assert_eq!((x.step, x.loss, x.lr, x.grad_norm, x.token_accuracy), (y.step, y.loss, y.lr, y.grad_norm, y.token_accuracy));
     }
 }
+
+#[test]
+fn packed_sft_job_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = job(tmp.path(), "qwen2", "name = \"p\"\n[train]\nmax_steps = 20\nbatch_size = 5\nlr = 1e-2\nmax_seq_len = 256\npacking = true\n");
+    let evs = run_to_end(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+    let s = steps(&evs);
+    assert_eq!(s.len(), 20);
+    assert!(s[19].loss < s[0].loss * 0.3, "{} -> {}", s[0].loss, s[19].loss);
+}

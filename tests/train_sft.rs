@@ -76,3 +76,30 @@ fn plain_models_train_on_response_plus_eos() {
     let short = encode(&plain.tokenizer, &SftExample::from_pair(None, "Q", "A b"), 2, false, eos).unwrap();
     assert_eq!(short.ids.len(), 2);
 }
+
+/// Packing several examples into one row (block-diagonal attention, positions restarting at 0)
+/// gives the same summed NLL as running them one by one, for RoPE and for learned positions.
+#[test]
+fn packed_rows_compute_what_separate_examples_compute() {
+    use whetstone_engine::train::sft::{make_packed_batch, nll_sum, pack_examples};
+    for name in ["llama", "gpt2"] {
+        let lm = LoadedModel::load(&fixture(&format!("tiny-models/{name}")), &Device::flex()).unwrap();
+        let eos = lm.tokenizer.eos_id();
+        let pad = lm.tokenizer.pad_id().unwrap();
+        let ex: Vec<_> = [("Fever?", "Urgent."), ("Mild cough for two days?", "Routine: rest."), ("Chest pain?", "Emergency.")]
+            .iter()
+            .map(|(p, r)| encode(&lm.tokenizer, &SftExample::from_pair(None, p, r), 128, false, eos).unwrap())
+            .collect();
+        let refs: Vec<_> = ex.iter().collect();
+        let separate: f64 = ex
+            .iter()
+            .map(|e| nll_sum(&lm.model, &make_batch(&[e], pad, &Device::flex())).0.into_scalar::<f32>() as f64)
+            .sum();
+        let rows = pack_examples(&refs, 200);
+        assert_eq!(rows.len(), 1, "all three fit one row");
+        let packed = nll_sum(&lm.model, &make_packed_batch(&rows, pad, 200, &Device::flex())).0.into_scalar::<f32>() as f64;
+        assert!((packed - separate).abs() < 1e-3 * separate.abs(), "{name}: packed {packed} vs separate {separate}");
+        // A short row limit splits them.
+        assert!(pack_examples(&refs, 40).len() > 1);
+    }
+}

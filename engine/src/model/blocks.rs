@@ -123,38 +123,48 @@ pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     inv.into_iter().map(|f| f as f32).collect()
 }
 
-/// cos/sin tables `[T, head_dim]` for positions `start..start+len` (rotate-half layout: the
-/// frequency table is repeated twice along the head dimension).
-pub fn rope_tables(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+/// cos/sin tables `[1, 1, T, head_dim]` for positions `start..start+len` (rotate-half layout:
+/// the frequency table is repeated twice along the head dimension).
+pub fn rope_tables(inv_freq: &[f32], start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let positions: Vec<usize> = (start..start + len).collect();
+    rope_tables_at(inv_freq, &[positions], device)
+}
+
+/// cos/sin tables `[B, 1, T, head_dim]` for explicit positions per row (packed sequences).
+pub fn rope_tables_at(inv_freq: &[f32], positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
     let half = inv_freq.len();
     let dim = 2 * half;
-    let mut cos = vec![0f32; len * dim];
-    let mut sin = vec![0f32; len * dim];
-    for t in 0..len {
-        let p = (start + t) as f32;
-        for (i, f) in inv_freq.iter().enumerate() {
-            let a = (p * f) as f64; // product in f32 as transformers does, trig in f64 then rounded
-            let (s, c) = a.sin_cos();
-            cos[t * dim + i] = c as f32;
-            cos[t * dim + half + i] = c as f32;
-            sin[t * dim + i] = s as f32;
-            sin[t * dim + half + i] = s as f32;
+    let (b, len) = (positions.len(), positions.first().map(|p| p.len()).unwrap_or(0));
+    let mut cos = vec![0f32; b * len * dim];
+    let mut sin = vec![0f32; b * len * dim];
+    for (r, row) in positions.iter().enumerate() {
+        for (t, &pos) in row.iter().enumerate() {
+            let p = pos as f32;
+            let o = (r * len + t) * dim;
+            for (i, f) in inv_freq.iter().enumerate() {
+                let a = (p * f) as f64; // product in f32 as transformers does, trig in f64 then rounded
+                let (s, c) = a.sin_cos();
+                cos[o + i] = c as f32;
+                cos[o + half + i] = c as f32;
+                sin[o + i] = s as f32;
+                sin[o + half + i] = s as f32;
+            }
         }
     }
     (
-        Tensor::from_data(TensorData::new(cos, [len, dim]), device),
-        Tensor::from_data(TensorData::new(sin, [len, dim]), device),
+        Tensor::from_data(TensorData::new(cos, [b, 1, len, dim]), device),
+        Tensor::from_data(TensorData::new(sin, [b, 1, len, dim]), device),
     )
 }
 
 /// Apply RoPE to `[B, H, T, Dh]` with rotate-half: x*cos + rotate_half(x)*sin.
-pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [_, _, _, dh] = x.dims();
     let half = dh / 2;
     let x1 = x.clone().slice_dim(3, 0..half);
     let x2 = x.clone().slice_dim(3, half..dh);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+    x * cos.clone() + rotated * sin.clone()
 }
 
 /// Keys and values of one layer for the positions seen so far: `[B, kv_heads, T, Dh]`.
@@ -184,7 +194,7 @@ impl Attention {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        rope: Option<&(Tensor<2>, Tensor<2>)>,
+        rope: Option<&(Tensor<4>, Tensor<4>)>,
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
@@ -257,4 +267,19 @@ pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Tensor<4, Bool> 
     let total = offset + t;
     let data: Vec<bool> = (0..t).flat_map(|i| (0..total).map(move |j| j > offset + i)).collect();
     Tensor::<2, Bool>::from_data(TensorData::new(data, [t, total]), device).unsqueeze::<4>()
+}
+
+/// Block-diagonal causal mask `[B, 1, T, T]` for packed rows: true where the key is in the
+/// future or belongs to another example of the row.
+pub fn packed_mask(segments: &[Vec<u32>], device: &Device) -> Tensor<4, Bool> {
+    let (b, t) = (segments.len(), segments.first().map(|s| s.len()).unwrap_or(0));
+    let mut data = Vec::with_capacity(b * t * t);
+    for seg in segments {
+        for i in 0..t {
+            for j in 0..t {
+                data.push(j > i || seg[j] != seg[i]);
+            }
+        }
+    }
+    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, t]), device)
 }

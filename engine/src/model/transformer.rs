@@ -6,7 +6,10 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::blocks::{Attention, LayerCache, Mlp, Norm, causal_mask, linear_from_host, linear_to_host, param2, rope_inv_freq, rope_tables, tensor_to_host};
+use super::blocks::{
+    Attention, LayerCache, Mlp, Norm, causal_mask, linear_from_host, linear_to_host, packed_mask, param2, rope_inv_freq, rope_tables,
+    rope_tables_at, tensor_to_host,
+};
 use super::config::{Arch, ModelConfig};
 use super::lora::{LoraConfig, Proj};
 use crate::io::HostTensor;
@@ -208,14 +211,40 @@ impl Transformer {
                 c.layers = vec![None; self.layers.len()];
             }
         }
+        let _ = b;
+        self.blocks(x, rope.as_ref(), mask.as_ref(), cache)
+    }
+
+    /// Hidden states of packed rows: several examples per row, each with positions from 0 and
+    /// attending only to itself (`segments` numbers the example of every token).
+    pub fn forward_hidden_packed(&self, ids: Tensor<2, Int>, positions: &[Vec<usize>], segments: &[Vec<u32>]) -> Tensor<3> {
+        let device = ids.device();
+        let [b, t] = ids.dims();
+        let mut x = burn::tensor::module::embedding(self.embed.val(), ids);
+        if let Some(p) = &self.pos_embed {
+            let flat: Vec<i32> = positions.iter().flatten().map(|&p| p as i32).collect();
+            let pos = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
+            x = x + burn::tensor::module::embedding(p.val(), pos);
+        }
+        let rope = if self.inv_freq.is_empty() { None } else { Some(rope_tables_at(&self.inv_freq, positions, &device)) };
+        let mask = packed_mask(segments, &device);
+        self.blocks(x, rope.as_ref(), Some(&mask), None)
+    }
+
+    fn blocks(
+        &self,
+        mut x: Tensor<3>,
+        rope: Option<&(Tensor<4>, Tensor<4>)>,
+        mask: Option<&Tensor<4, burn::tensor::Bool>>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let h = layer.attn.forward(layer.attn_norm.forward(x.clone()), rope.as_ref(), mask.as_ref(), slot);
+            let h = layer.attn.forward(layer.attn_norm.forward(x.clone()), rope, mask, slot);
             x = x + h;
             let h = layer.mlp.forward(layer.mlp_norm.forward(x.clone()));
             x = x + h;
         }
-        let _ = b;
         self.final_norm.forward(x)
     }
 

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::{named_params, set_named_params};
 use super::memory::{MemoryEstimate, available_memory};
 use super::optim::{AdamWConfig, Decay, lr_at};
-use super::sft::{Encoded, encode, make_batch};
+use super::sft::{Encoded, encode, make_batch, make_packed_batch, pack_examples};
 use super::{SftTrainer, StepMetrics};
 use crate::data::records::{SftColumns, read_records, sft_examples};
 use crate::io::safetensors::{SafetensorsFolder, SaveDtype, write_safetensors};
@@ -151,6 +151,8 @@ pub struct TrainSpec {
     pub max_seq_len: usize,
     /// Also learn the prompt tokens.
     pub train_on_prompt: bool,
+    /// Pack several examples into each row of `max_seq_len` (attention stays within an example).
+    pub packing: bool,
     /// Evaluate on the held-out split every N steps (0: only at the end).
     pub eval_every: usize,
     /// Checkpoint every N steps (0: only at the end).
@@ -174,6 +176,7 @@ impl Default for TrainSpec {
             max_grad_norm: 1.0,
             max_seq_len: 512,
             train_on_prompt: false,
+            packing: false,
             eval_every: 0,
             checkpoint_every: 0,
         }
@@ -662,7 +665,14 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
             if spec.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
                 device.seed(spec.seed.wrapping_add(step as u64)); // dropout masks reproducible on resume
             }
-            let micro: Vec<_> = chunk.chunks(t_cfg.batch_size).map(|c| make_batch(c, pad, &device)).collect();
+            let micro: Vec<_> = if t_cfg.packing {
+                // The step's examples, packed into rows, split over grad_accum micro-batches.
+                let rows = pack_examples(&chunk, t_cfg.max_seq_len);
+                let per = rows.len().div_ceil(t_cfg.grad_accum).max(1);
+                rows.chunks(per).map(|r| make_packed_batch(r, pad, t_cfg.max_seq_len, &device)).collect()
+            } else {
+                chunk.chunks(t_cfg.batch_size).map(|c| make_batch(c, pad, &device)).collect()
+            };
             let lr = lr_at(step as u64, total_steps as u64, warmup, t_cfg.lr, t_cfg.decay);
             let t_step = Instant::now();
             let m: StepMetrics = trainer.step(&micro, lr)?;
