@@ -119,33 +119,13 @@ pub struct Batch {
     pub packing: Option<(Vec<Vec<usize>>, Vec<Vec<u32>>)>,
 }
 
+/// A right-padded batch of whole examples, one per row.
 pub fn make_batch(examples: &[&Encoded], pad_id: u32, device: &burn::tensor::Device) -> Batch {
-    // Position t predicts token t+1, so a sequence of n tokens gives n-1 predictions.
-    let t = examples.iter().map(|e| e.ids.len().saturating_sub(1)).max().unwrap_or(0).max(1);
-    let b = examples.len();
-    let mut inputs = vec![pad_id as i32; b * t];
-    let mut targets = vec![0i32; b * t];
-    let mut weights = vec![0f32; b * t];
-    let (mut n_targets, mut n_tokens) = (0, 0);
-    for (i, e) in examples.iter().enumerate() {
-        n_tokens += e.ids.len();
-        for j in 0..e.ids.len().saturating_sub(1) {
-            inputs[i * t + j] = e.ids[j] as i32;
-            targets[i * t + j] = e.ids[j + 1] as i32;
-            if e.target[j + 1] {
-                weights[i * t + j] = 1.0;
-                n_targets += 1;
-            }
-        }
-    }
-    Batch {
-        inputs: Tensor::from_data(TensorData::new(inputs, [b, t]), device),
-        targets: Tensor::from_data(TensorData::new(targets, [b, t]), device),
-        weights: Tensor::from_data(TensorData::new(weights, [b, t]), device),
-        n_targets,
-        n_tokens,
-        packing: None,
-    }
+    // One example per row, plain causal attention.
+    let rows: Vec<Vec<&Encoded>> = examples.iter().map(|e| vec![*e]).collect();
+    let mut batch = make_packed_batch(&rows, pad_id, usize::MAX, device);
+    batch.packing = None;
+    batch
 }
 
 /// Group examples into rows of at most `max_len` input positions, in order (an example needs
