@@ -77,6 +77,12 @@ pub struct GenArgs {
 const FILLER: &str = "Clinical note: the patient is a 54-year-old with a history of hypertension and type 2 \
 diabetes who presents with three days of productive cough, fever and shortness of breath on exertion. ";
 
+/// The median of timed runs (the upper middle one for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Generate(g) => bench_generate(g),
@@ -108,11 +114,7 @@ fn bench_generate(a: GenArgs) -> Result<()> {
         }
         rows.push((g.prefill_seconds, g.tokens_per_second, a.new_tokens as f64 / total, total));
     }
-    let med = |f: fn(&(f64, f64, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = rows.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let med = |f: fn(&(f64, f64, f64, f64)) -> f64| median(rows.iter().map(f).collect());
     let (prefill, decode_tps, e2e_tps, total) = (med(|r| r.0), med(|r| r.1), med(|r| r.2), med(|r| r.3));
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if a.json {
@@ -167,8 +169,7 @@ fn bench_train(a: TrainArgs) -> Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    let step_s = times[times.len() / 2];
+    let step_s = median(times);
     let tps = (a.batch * a.seq) as f64 / step_s;
     let mode = if a.lora_rank.is_some() { "lora" } else { "full" };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -219,11 +220,7 @@ fn bench_ppo(a: PpoArgs) -> Result<()> {
             rows.push(s);
         }
     }
-    let med = |f: fn(&whetstone_engine::train::ppo::PpoMetrics) -> f64| {
-        let mut v: Vec<f64> = rows.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let med = |f: fn(&whetstone_engine::train::ppo::PpoMetrics) -> f64| median(rows.iter().map(f).collect());
     let (g, sc, tr) = (med(|r| r.generation_seconds), med(|r| r.scoring_seconds), med(|r| r.training_seconds));
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if a.json {
