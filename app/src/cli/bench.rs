@@ -21,6 +21,19 @@ pub enum What {
     Train(TrainArgs),
     /// PPO step time split into generation, scoring and training (LoRA actor and critic).
     Ppo(PpoArgs),
+    /// Import a generated CSV into a fresh workspace, then filter it by a regex.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: usize,
+    /// Case-insensitive pattern the filter looks for in every column.
+    #[arg(long, default_value = "chest pain|stiff neck")]
+    pub pattern: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +100,7 @@ pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Generate(g) => bench_generate(g),
         What::Train(t) => bench_train(t),
+        What::Import(i) => bench_import(i),
         What::Ppo(p) => bench_ppo(p),
     }
 }
@@ -238,5 +252,63 @@ fn bench_ppo(a: PpoArgs) -> Result<()> {
         println!("training    {tr:.2} s");
         println!("step        {:.2} s", g + sc + tr);
     }
+    Ok(())
+}
+
+fn bench_import(a: ImportArgs) -> Result<()> {
+    use std::io::Write;
+    use whetstone_engine::data::Workspace;
+    use whetstone_engine::data::curate::{Query, query};
+    let tmp = tempfile::tempdir()?;
+    let csv = tmp.path().join("triage.csv");
+    {
+        let questions = [
+            "Crushing chest pain spreading to the left arm",
+            "Mild sore throat for two days, no fever",
+            "Fever, \"stiff neck\" and a new rash",
+            "Twisted ankle, can walk with a limp",
+            "发烧三天，头痛",
+        ];
+        let depts = ["cardio", "gp", "neuro", "ortho", "gp"];
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&csv)?);
+        writeln!(w, "id,question,answer,department")?;
+        for i in 0..a.rows {
+            let k = i % questions.len();
+            writeln!(w, "{i},\"{} (case {i})\",\"Advice {}, see notes\",{}", questions[k], i % 97, depts[k])?;
+        }
+        w.flush()?;
+    }
+    let bytes = std::fs::metadata(&csv)?.len();
+    let mut ws = Workspace::create(&tmp.path().join("ws"), "bench")?;
+    let t0 = Instant::now();
+    let parsed = whetstone_engine::data::import::parse_file(&csv)?;
+    let parse_s = t0.elapsed().as_secs_f64();
+    drop(parsed);
+    let t0 = Instant::now();
+    let v = ws.import(&csv, Some("triage"), &[])?;
+    let import_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (_, table) = ws.load("triage", None)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let q = Query { text: Some(a.pattern.clone()), regex: true, ..Default::default() };
+    let t0 = Instant::now();
+    let hits = query(&table, &q, &Default::default())?;
+    let filter_s = t0.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let out = serde_json::json!({
+        "rows": v.rows, "csv_bytes": bytes, "threads": threads,
+        "parse_seconds": parse_s, "import_seconds": import_s, "import_rows_per_second": v.rows as f64 / import_s,
+        "load_seconds": load_s, "filter_seconds": filter_s, "filter_rows_per_second": v.rows as f64 / filter_s,
+        "matches": hits.len(), "pattern": a.pattern,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{} rows, {:.1} MB CSV, {threads} threads", v.rows, bytes as f64 / 1e6);
+    println!("parse only        {:.3} s", parse_s);
+    println!("import (parse, snapshot, hash, commit) {:.3} s  → {:.0} rows/s", import_s, v.rows as f64 / import_s);
+    println!("load snapshot     {:.3} s", load_s);
+    println!("regex filter      {:.3} s  → {:.0} rows/s ({} matches)", filter_s, v.rows as f64 / filter_s, hits.len());
     Ok(())
 }

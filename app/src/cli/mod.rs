@@ -2,6 +2,7 @@
 
 mod bench;
 mod convert;
+mod data;
 mod devices;
 mod export;
 mod generate;
@@ -38,6 +39,8 @@ pub enum Command {
     Train(train::Args),
     /// Export a run: HF folder (LoRA merged with --merge) or the PEFT adapter.
     Export(export::Args),
+    /// Workspaces and datasets: import, curate, split, export, label.
+    Data(data::Args),
     /// Measure speed (see docs/benchmarks.md).
     Bench(bench::Args),
 }
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Convert(a)) => convert::run(a),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Export(a)) => export::run(a),
+        Some(Command::Data(a)) => data::run(a),
         Some(Command::Bench(a)) => bench::run(a),
     }
 }

@@ -1,3 +1,14 @@
-//! Data: reading records from files, and mapping columns to training roles.
+//! Data: workspaces (folder + SQLite), dataset versions, import and export, curation,
+//! labelling, and mapping columns to training roles.
 
+pub mod curate;
+pub mod export;
+pub mod import;
+pub mod labels;
 pub mod records;
+pub mod table;
+pub mod workspace;
+
+pub use import::Roles;
+pub use table::{ColumnInfo, ColumnKind, ID_COLUMN, Table};
+pub use workspace::{VersionInfo, Workspace, parse_dataset_ref};

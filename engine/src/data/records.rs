@@ -31,6 +31,12 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
 
 fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read as UTF-8 text", path.display()))?;
+    parse_jsonl(&text, path)
+}
+
+/// Records of JSON Lines text; errors name `path` and the line.
+pub(crate) fn parse_jsonl(text: &str, path: &Path) -> Result<Vec<Record>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -49,7 +55,13 @@ fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
 
 fn read_json(path: &Path) -> Result<Vec<Record>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read as UTF-8 text", path.display()))?;
-    let v: Value = serde_json::from_str(&text)
+    parse_json(&text, path)
+}
+
+/// Records of a JSON array of objects; errors name `path` and the line.
+pub(crate) fn parse_json(text: &str, path: &Path) -> Result<Vec<Record>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let v: Value = serde_json::from_str(text)
         .map_err(|e| anyhow!("{}:{}: invalid JSON at column {}: {e}", path.display(), e.line(), e.column()))?;
     let Value::Array(items) = v else { bail!("{}: expected a JSON array of objects", path.display()) };
     items

@@ -24,10 +24,16 @@ impl HostTensor {
 
 /// Write `bytes` to `path` atomically: a temp file in the same folder, fsync, then rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write_with(path, |f| f.write_all(bytes).map_err(Into::into))
+}
+
+/// Write a file atomically through a writer callback: temp file in the same folder, fsync,
+/// rename. On any error the destination is untouched and the temp file is removed.
+pub fn atomic_write_with(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}: cannot create a temp file", dir.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
+    write(tmp.as_file_mut()).with_context(|| format!("{}: write failed", path.display()))?;
     tmp.as_file().sync_all().with_context(|| format!("{}: fsync failed", path.display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: rename failed", path.display()))?;
     Ok(())

@@ -28,6 +28,21 @@ fn special_token(v: Option<&Value>) -> Option<String> {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a model: an HF folder, a GGUF file, or a run folder (its base model).
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Self::from_gguf(&GgufFile::open(path)?);
+        }
+        if path.join("tokenizer.json").exists() {
+            return Self::from_hf_dir(path);
+        }
+        if path.join("job.toml").exists() {
+            let job = crate::train::job::JobSpec::from_file(&path.join("job.toml"))?;
+            return Self::load(&job.model);
+        }
+        bail!("{}: no tokenizer here (expected an HF folder with tokenizer.json, a .gguf file or a run folder)", path.display())
+    }
+
     /// Load `tokenizer.json`, `tokenizer_config.json` and the chat template from an HF folder.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
@@ -198,6 +213,15 @@ impl Tokenizer {
 
     pub fn pad_id(&self) -> Option<u32> {
         self.pad_token.as_deref().and_then(|t| self.token_to_id(t))
+    }
+
+    /// Token ids of a single user turn ready for the model to answer: the chat template with a
+    /// generation prompt when there is one, else the text and a newline.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        match &self.chat_template {
+            Some(_) => Ok(self.apply_chat(&[crate::text::chat_template::Message::new("user", prompt)], true)?.1),
+            None => self.encode(&format!("{prompt}\n"), true),
+        }
     }
 
     /// Render a chat with the model's template and tokenise it (no extra special tokens, as

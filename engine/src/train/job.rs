@@ -124,6 +124,68 @@ pub struct DatasetSpec {
     /// Share of examples held out for evaluation (seeded split).
     #[serde(default = "default_val_fraction")]
     pub validation_fraction: f64,
+    /// When `path` is a workspace folder: the dataset to use …
+    #[serde(default)]
+    pub name: Option<String>,
+    /// … and its version (the latest when unset).
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// Use only rows whose `split` column holds this value (e.g. "train").
+    #[serde(default)]
+    pub split: Option<String>,
+}
+
+/// The rows a job trains on, the column mapping in force and where they came from.
+pub struct DatasetData {
+    pub records: Vec<crate::data::records::Record>,
+    pub columns: SftColumns,
+    pub sha256: String,
+    /// Provenance for run.json.
+    pub card: serde_json::Value,
+}
+
+impl DatasetSpec {
+    /// Whether `path` names a workspace folder rather than a data file.
+    pub fn is_workspace(&self) -> bool {
+        self.path.join(crate::data::workspace::CONFIG_FILE).is_file()
+    }
+
+    /// Load the rows: from a data file, or from a workspace dataset version. Explicit column
+    /// settings in the job override the roles mapped in the workspace.
+    pub fn load(&self) -> Result<DatasetData> {
+        let (mut records, columns, sha256, mut card) = if self.is_workspace() {
+            let name = self.name.as_deref().ok_or_else(|| {
+                anyhow!("dataset.path {} is a workspace: name the dataset with dataset.name = \"…\"", self.path.display())
+            })?;
+            let ws = crate::data::Workspace::open(&self.path)?;
+            let (v, table) = ws.load(name, self.version)?;
+            let roles = v.roles.to_sft_columns();
+            let c = &self.columns;
+            let columns = SftColumns {
+                prompt: c.prompt.clone().or(roles.prompt),
+                response: c.response.clone().or(roles.response),
+                system: c.system.clone().or(roles.system),
+                messages: c.messages.clone().or(roles.messages),
+                chosen: c.chosen.clone().or(roles.chosen),
+                rejected: c.rejected.clone().or(roles.rejected),
+                reference: c.reference.clone().or(roles.reference),
+            };
+            let card = serde_json::json!({"workspace": self.path, "name": name, "version": v.version, "sha256": v.sha256});
+            (table.records()?, columns, v.sha256, card)
+        } else {
+            let sha = sha256_file(&self.path)?;
+            (read_records(&self.path)?, self.columns.clone(), sha.clone(), serde_json::json!({"path": self.path, "sha256": sha}))
+        };
+        if let Some(split) = &self.split {
+            let before = records.len();
+            records.retain(|r| r.get("split").and_then(|v| v.as_str()) == Some(split.as_str()));
+            if before > 0 && records.is_empty() {
+                bail!("{}: no rows with split = {split:?} (does the dataset have a `split` column?)", self.path.display());
+            }
+            card["split"] = serde_json::json!(split);
+        }
+        Ok(DatasetData { records, columns, sha256, card })
+    }
 }
 
 fn default_val_fraction() -> f64 {
@@ -270,6 +332,12 @@ impl JobSpec {
         }
         if !self.dataset.path.exists() {
             bail!("dataset not found: {}", self.dataset.path.display());
+        }
+        if self.dataset.path.is_dir() && !self.dataset.is_workspace() {
+            bail!("dataset.path {} is a folder but not a Whetstone workspace", self.dataset.path.display());
+        }
+        if self.dataset.is_workspace() && self.dataset.name.is_none() {
+            bail!("dataset.path {} is a workspace: name the dataset with dataset.name = \"…\"", self.dataset.path.display());
         }
         if t.batch_size == 0 || t.grad_accum == 0 || t.max_seq_len < 2 {
             bail!("train.batch_size and train.grad_accum must be at least 1, train.max_seq_len at least 2");
@@ -549,8 +617,8 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
     let t_cfg = &spec.train;
 
     // Data.
-    let records = read_records(&spec.dataset.path)?;
-    let examples = sft_examples(&records, &spec.dataset.columns, &spec.dataset.path)?;
+    let data = spec.dataset.load()?;
+    let examples = sft_examples(&data.records, &data.columns, &spec.dataset.path)?;
     let config = base_config(&spec.model)?;
 
     // Memory check before loading weights onto the device.
@@ -632,7 +700,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
             .with_context(|| format!("{}: cannot open metrics.jsonl", run_dir.display()))?,
     );
     let started = unix_seconds();
-    let dataset_hash = sha256_file(&spec.dataset.path)?;
+    let mut dataset_card = data.card.clone();
     let base_hash = model_hash(&spec.model)?;
     sink.emit(JobEvent::Started {
         run_id: run_id.clone(),
@@ -722,12 +790,14 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         outcome = "failed";
         failure = Some(format!("{e:#}"));
     }
+    dataset_card["examples"] = serde_json::json!(encoded.len());
+    dataset_card["train"] = serde_json::json!(train_idx.len());
+    dataset_card["eval"] = serde_json::json!(eval_idx.len());
     let card = serde_json::json!({
         "run_id": run_id,
         "method": "sft",
         "job": spec,
-        "dataset": {"path": spec.dataset.path, "sha256": dataset_hash, "examples": encoded.len(),
-                    "train": train_idx.len(), "eval": eval_idx.len()},
+        "dataset": dataset_card,
         "base_model": {"path": spec.model, "sha256": base_hash, "architecture": config.arch.name(),
                        "parameters": config.num_params(), "trainable_parameters": trainable},
         "seed": spec.seed,

@@ -17,7 +17,7 @@ use super::dpo::{DpoTrainer, EncodedPair};
 use super::grpo::{GrpoPrompt, GrpoTrainer};
 use super::job::{
     EventSink, JobEvent, JobSpec, Method, RunOptions, StepRecord, base_config, epoch_order, is_run_dir, latest_checkpoint, load_base,
-    model_hash, read_all, sha256_file, split, unix_seconds,
+    model_hash, read_all, split, unix_seconds,
 };
 use super::memory::MemoryEstimate;
 use super::optim::{AdamWConfig, lr_at};
@@ -265,7 +265,8 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
     let ad = device.clone().autodiff();
     let tc = &spec.train;
     let config = base_config(&spec.model)?;
-    let records = read_records(&spec.dataset.path)?;
+    let data = spec.dataset.load()?;
+    let records = &data.records;
     let lm = load_base(&spec.model, &ad)?;
     let tok = &lm.tokenizer;
     let eos_ids = lm.eos_ids();
@@ -286,7 +287,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
     let mut seq_kd_rows: Vec<serde_json::Value> = Vec::new();
     let mut trainer = match spec.method {
         Method::Reward => {
-            let pairs = preference_examples(&records, &spec.dataset.columns, f)?
+            let pairs = preference_examples(records, &data.columns, f)?
                 .iter()
                 .map(|(p, c, r)| {
                     let c = encode(tok, &SftExample::from_pair(None, p, c), tc.max_seq_len, false, eos)?.ids;
@@ -298,7 +299,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         }
         Method::Dpo => {
             let d = spec.dpo.clone().unwrap_or_default();
-            let pairs = preference_examples(&records, &spec.dataset.columns, f)?
+            let pairs = preference_examples(records, &data.columns, f)?
                 .iter()
                 .map(|(p, c, r)| {
                     Ok(EncodedPair {
@@ -313,7 +314,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
             Trainer::Dpo { t, pairs }
         }
         Method::Grpo | Method::Ppo => {
-            let prompts = prompt_examples(&records, &spec.dataset.columns, f)?
+            let prompts = prompt_examples(records, &data.columns, f)?
                 .into_iter()
                 .map(|(p, r)| Ok(GrpoPrompt { ids: chat_ids(&p)?, reference: r }))
                 .collect::<Result<Vec<_>>>()?;
@@ -368,7 +369,7 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
             if teacher.config.vocab_size != lm.config.vocab_size {
                 bail!("teacher and student vocabularies differ ({} vs {}); distillation needs one tokenizer", teacher.config.vocab_size, lm.config.vocab_size);
             }
-            let mut sft = sft_examples(&records, &spec.dataset.columns, f)?;
+            let mut sft = sft_examples(records, &data.columns, f)?;
             if d.sequence_level {
                 // The teacher's greedy answers replace the dataset's responses.
                 let opts = crate::generate::GenerateOptions { max_new_tokens: d.max_new_tokens, ..Default::default() };
@@ -521,11 +522,13 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
         (Trainer::Distill { t, examples, .. }, Some(d)) => Some(distill_card(t, examples, pad, &d.teacher, &config)?),
         _ => None,
     };
+    let mut dataset_card = data.card.clone();
+    dataset_card["examples"] = serde_json::json!(trainer.len());
     let card = serde_json::json!({
         "run_id": id,
         "method": spec.method.name(),
         "job": spec,
-        "dataset": {"path": spec.dataset.path, "sha256": sha256_file(&spec.dataset.path)?, "examples": trainer.len()},
+        "dataset": dataset_card,
         "base_model": {"path": spec.model, "sha256": model_hash(&spec.model)?, "from_run": is_run_dir(&spec.model),
                        "architecture": config.arch.name(), "parameters": config.num_params(), "trainable_parameters": trainable},
         "seed": spec.seed,
