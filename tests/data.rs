@@ -661,3 +661,40 @@ fn a_training_job_names_a_workspace_dataset_version() {
     let e = JobSpec::from_file(&bad).unwrap().validate().unwrap_err();
     assert!(format!("{e:#}").contains("is a workspace: name the dataset"), "{e:#}");
 }
+
+#[test]
+fn drafted_answers_fill_the_pair_queue_and_become_preferences() {
+    let records: Vec<Record> = (0..3).map(|i| rec(json!({"prompt": format!("Symptom {i}: what now?"), "response": "See a GP."}))).collect();
+    let (tmp, mut ws) = workspace_with(&records, "d");
+    let m = whetstone_engine::model::LoadedModel::load(&fixture("tiny-models/llama"), &whetstone_engine::Device::flex()).unwrap();
+    let opts = whetstone_engine::generate::GenerateOptions { max_new_tokens: 6, temperature: 1.0, seed: 5, ..Default::default() };
+    let mut progress = Vec::new();
+    let n = whetstone_engine::data::labels::draft_candidates(&mut ws, "d", &m, "tiny", 2, &opts, Some(2), &mut |done, total| {
+        progress.push((done, total));
+        true
+    })
+    .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(progress, vec![(1, 2), (2, 2)]);
+    let c = ws.candidates("d", Some("1")).unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0].model, "tiny");
+    assert_eq!(c[0].params["temperature"], 1.0);
+    // Each candidate is what the model generates for the chat-formatted prompt with that seed.
+    let ids = m.tokenizer.prompt_ids("Symptom 0: what now?").unwrap();
+    let g = whetstone_engine::generate::generate(&m, &ids, &opts, &mut |_| true).unwrap();
+    assert_eq!(c[0].text, g.text.trim());
+    let queue = ws.pair_queue("d", "ann").unwrap();
+    assert_eq!(queue.iter().map(|q| q.0.as_str()).collect::<Vec<_>>(), vec!["1", "2"]);
+    for (r, a, b) in &queue {
+        ws.set_label("d", r, "ann", "pair", Some(&json!({"a": a, "b": b, "verdict": "a"}))).unwrap();
+    }
+    let v = ws.commit_preferences("d", Some("ann")).unwrap();
+    assert_eq!(v.rows, 2);
+    // The CLI drafts too, with a progress bar, and labels the queue.
+    let d = format!("{}/d", tmp.path().join("ws").display());
+    let o = whetstone(&["data", "draft", &d, "--model", fixture("tiny-models/llama").to_str().unwrap(), "-k", "2", "--limit", "3", "--max-new-tokens", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = whetstone(&["data", "label", &d, "--annotator", "bob", "pair", "3", "both_bad"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
