@@ -13,7 +13,7 @@ mod train;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use whetstone_engine::Device;
 
 #[derive(Parser, Debug)]
@@ -21,6 +21,9 @@ use whetstone_engine::Device;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// With no command, the workbench opens this workspace folder (created if missing).
+    #[arg(long, global = false)]
+    pub workspace: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,12 +66,7 @@ impl ModelArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => {
-            // The workbench GUI opens here once it lands; until then, show what the CLI offers.
-            Cli::command().print_help()?;
-            println!();
-            Ok(())
-        }
+        None => whetstone::gui::run(whetstone::gui::StartOptions { workspace: cli.workspace, demo_dir: None }),
         Some(Command::Devices(a)) => devices::run(a),
         Some(Command::Inspect(a)) => inspect::run(a),
         Some(Command::Generate(a)) => generate::run(a),

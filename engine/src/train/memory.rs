@@ -45,7 +45,7 @@ impl MemoryEstimate {
     }
 
     pub fn describe(&self) -> String {
-        let g = |b: usize| format!("{:.2} GB", b as f64 / 1e9);
+        let g = |b: usize| if b >= 1_000_000_000 { format!("{:.2} GB", b as f64 / 1e9) } else { format!("{:.0} MB", b as f64 / 1e6) };
         format!(
             "weights {}, gradients {}, optimizer {}, activations {}",
             g(self.weights_bytes),

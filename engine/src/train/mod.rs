@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod distill;
 pub mod dpo;
 pub mod grpo;
+pub mod health;
 pub mod job;
 pub mod losses;
 pub mod memory;

@@ -1,0 +1,433 @@
+//! The workbench driven through its accessible labels with egui_kittest, rendered with wgpu
+//! (Mesa lavapipe in CI): first start on the demo workspace, import, keyboard labelling with
+//! undo, pairwise verdicts into a preference dataset, a tiny SFT job with live chart points,
+//! cancel, Chinese text, and the UI thread staying responsive while a job runs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT, Queryable};
+use whetstone::gui::{Page, StartOptions, WorkbenchApp};
+use whetstone_engine::data::Workspace;
+
+fn harness(start: StartOptions) -> Harness<'static, WorkbenchApp> {
+    Harness::builder().with_size(egui::vec2(1400.0, 900.0)).build_eframe(move |cc| WorkbenchApp::new(cc, start.clone()))
+}
+
+/// Run frames until `done` holds (background threads answer asynchronously).
+fn settle(h: &mut Harness<'static, WorkbenchApp>, what: &str, timeout_s: u64, done: impl Fn(&WorkbenchApp) -> bool) {
+    let t0 = Instant::now();
+    while !done(h.state()) {
+        assert!(t0.elapsed() < Duration::from_secs(timeout_s), "timed out waiting for {what}; log: {:?}", log(h.state()));
+        h.step();
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    h.step();
+}
+
+fn log(app: &WorkbenchApp) -> Vec<String> {
+    app.log.iter().map(|l| format!("{}{}", if l.error { "ERROR " } else { "" }, l.text)).collect()
+}
+
+fn no_errors(app: &WorkbenchApp) {
+    let errors: Vec<String> = app.log.iter().filter(|l| l.error).map(|l| l.text.clone()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+fn demo(tmp: &Path) -> Harness<'static, WorkbenchApp> {
+    let mut h = harness(StartOptions { workspace: None, demo_dir: Some(tmp.join("demo")) });
+    settle(&mut h, "the demo dataset", 60, |a| a.ds.is_some());
+    h
+}
+
+fn nav(h: &mut Harness<'static, WorkbenchApp>, page: &str) {
+    h.get_by_role_and_label(Role::Button, page).click();
+    h.step();
+    h.step();
+}
+
+/// Choose `option` in the combo box labelled `label`.
+fn pick(h: &mut Harness<'static, WorkbenchApp>, label: &str, option: &str) {
+    h.get_by_label(label).click();
+    for _ in 0..3 {
+        h.step();
+    }
+    let found: Vec<String> = h.query_all_by_label_contains(option).map(|n| format!("{:?}", n.accesskit_node().role())).collect();
+    assert!(!found.is_empty(), "no option {option:?} in {label}");
+    h.query_all_by_label(option).last().unwrap_or_else(|| panic!("{option} in {label}: {found:?}")).click();
+    for _ in 0..2 {
+        h.step();
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn first_start_opens_the_demo_workspace_with_real_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    let app = h.state();
+    let ws = app.ws.as_ref().unwrap();
+    let names: Vec<&str> = ws.datasets.iter().map(|d| d.dataset.as_str()).collect();
+    assert_eq!(names, ["clinic-triage", "clinic-triage-pairs"]);
+    let d = app.ds.as_ref().unwrap();
+    assert_eq!(d.info.rows, 20);
+    assert_eq!(d.info.roles.label.as_deref(), Some("department"));
+    assert!(app.settings.models.iter().any(|m| m.ends_with("models/tiny-llama")), "{:?}", app.settings.models);
+    h.get_by_label("20 of 20 rows");
+    // Search narrows the table (on the data thread).
+    h.get_by_label("Search").focus();
+    h.step();
+    h.get_by_label("Search").type_text("chest");
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Apply").click();
+    settle(&mut h, "search results", 20, |a| a.ds.as_ref().is_some_and(|d| d.rows.len() == 1));
+    h.get_by_label("1 of 20 rows");
+    no_errors(h.state());
+    h.snapshot("data_page");
+}
+
+#[test]
+fn import_by_path_and_by_drop_then_map_roles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    let csv = tmp.path().join("notes.csv");
+    std::fs::write(&csv, "instruction,output,topic\nHow do I book?,Call reception.,admin\n\"Say \"\"hi\"\"\",Hi!,chat\n").unwrap();
+    h.get_by_label("File to import").focus();
+    h.step();
+    h.get_by_label("File to import").type_text(csv.to_str().unwrap());
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Import").click();
+    settle(&mut h, "the import", 20, |a| a.data_ui.mapping.is_some());
+    h.get_by_label("Column roles");
+    h.get_by_role_and_label(Role::Button, "Keep the guesses").click();
+    settle(&mut h, "the imported dataset", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.dataset == "notes") && a.data_ui.mapping.is_none());
+    let d = h.state().ds.as_ref().unwrap();
+    assert_eq!((d.info.roles.prompt.as_deref(), d.info.roles.response.as_deref(), d.info.roles.label.as_deref()), (Some("instruction"), Some("output"), Some("topic")));
+
+    // Dropping a file on the window imports it too.
+    #[derive(Debug)]
+    struct Dropped(PathBuf);
+    impl egui::DroppedFile for Dropped {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+        fn bytes(&self) -> Result<Vec<u8>, String> {
+            std::fs::read(&self.0).map_err(|e| e.to_string())
+        }
+    }
+    let jsonl = tmp.path().join("dropped.jsonl");
+    std::fs::write(&jsonl, "{\"question\": \"头痛怎么办？\", \"answer\": \"多休息。\"}\n").unwrap();
+    h.input_mut().dropped_files.push(std::sync::Arc::new(Dropped(jsonl)));
+    h.step();
+    settle(&mut h, "the dropped file", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.dataset == "dropped"));
+    h.get_by_role_and_label(Role::Button, "Keep the guesses").click();
+    h.step();
+    // A broken file reports the line in the activity log and imports nothing.
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, "a,b\n1,2,3\n").unwrap();
+    h.state_mut().data(whetstone::gui::worker::DataCmd::Import { path: bad, name: None });
+    settle(&mut h, "the error", 20, |a| a.log.iter().any(|l| l.error));
+    assert!(h.state().log.last().unwrap().text.contains("bad.csv:2: row has 3 fields"), "{:?}", log(h.state()));
+    assert_eq!(h.state().ws.as_ref().unwrap().datasets.len(), 4);
+}
+
+#[test]
+fn label_records_with_the_keyboard_and_undo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    nav(&mut h, "Label");
+    assert_eq!(h.state().settings.page, Page::Label);
+    h.get_by_label_contains("Record 1  (1 of 20)");
+    h.key_press(egui::Key::A); // accept record 1, move to 2
+    h.step();
+    h.key_press(egui::Key::R); // reject record 2, move to 3
+    h.step();
+    h.key_press(egui::Key::Num4); // rate record 3
+    h.step();
+    h.key_press(egui::Key::F); // flag record 3, move to 4
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z); // undo the flag
+    h.step();
+    let ws_root = h.state().ws.as_ref().unwrap().root.clone();
+    let labels = |root: &Path| -> Vec<(String, String, String)> {
+        let ws = Workspace::open(root).unwrap();
+        ws.labels("clinic-triage", Some("me")).unwrap().into_iter().map(|l| (l.record, l.kind, l.value.to_string())).collect()
+    };
+    let t0 = Instant::now();
+    let want = vec![
+        ("1".to_string(), "status".to_string(), "\"accept\"".to_string()),
+        ("2".into(), "status".into(), "\"reject\"".into()),
+        ("3".into(), "rating".into(), "4".into()),
+    ];
+    while labels(&ws_root) != want {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", labels(&ws_root));
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    settle(&mut h, "the view to follow the undo", 20, |a| {
+        a.ds.as_ref().is_some_and(|d| d.labels.get("3").is_some_and(|l| !l.contains_key("status")))
+    });
+    // Ctrl+Shift+Z redoes it.
+    h.key_press_modifiers(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::Z);
+    settle(&mut h, "the redo", 20, |a| a.ds.as_ref().is_some_and(|d| d.labels.get("3").is_some_and(|l| l.contains_key("status"))));
+    h.get_by_label_contains("3 of 20 labelled");
+    no_errors(h.state());
+    h.snapshot("label_page");
+}
+
+#[test]
+fn pairwise_verdicts_become_a_preference_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    // Open the pairs dataset (chosen/rejected columns) and judge two pairs from the keyboard.
+    h.get_by_role_and_label(Role::Button, "clinic-triage-pairs  v1").click();
+    settle(&mut h, "the pairs dataset", 20, |a| a.dataset_name().as_deref() == Some("clinic-triage-pairs"));
+    nav(&mut h, "Label");
+    h.get_by_role_and_label(Role::Button, "Pairs").click();
+    settle(&mut h, "the pair queue", 20, |a| a.label_ui.pairs.len() == 8);
+    h.get_by_label("Answer A");
+    let second = h.state().label_ui.pairs[1].clone();
+    h.key_press(egui::Key::A);
+    h.step();
+    h.key_press(egui::Key::B);
+    h.step();
+    assert_eq!(h.state().label_ui.pair_cursor, 2);
+    h.snapshot("pairs_page");
+    for _ in 0..6 {
+        h.key_press(egui::Key::T);
+        h.step();
+    }
+    h.get_by_role_and_label(Role::Button, "Save preferences as a dataset").click();
+    settle(&mut h, "the preference dataset", 20, |a| a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "clinic-triage-pairs-preferences")));
+    let ws = Workspace::open(&h.state().ws.as_ref().unwrap().root).unwrap();
+    let (_, t) = ws.load("clinic-triage-pairs-preferences", None).unwrap();
+    assert_eq!(t.height(), 2, "two verdicts with a winner; ties carry no preference");
+    // Verdict "b" on the second pair: the answer shown on the right became `chosen`.
+    assert_eq!(t.record(1).unwrap()["chosen"], second.b_text.as_str());
+    assert_eq!(t.record(1).unwrap()["rejected"], second.a_text.as_str());
+    // Sides are shuffled per record, so the data's column order does not show which is better.
+    let swapped = h.state().label_ui.pairs.iter().filter(|p| p.a.ends_with("rejected")).count();
+    assert!(swapped > 0 && swapped < 8, "{swapped} of 8 pairs show the rejected answer first");
+}
+
+fn start_sft(h: &mut Harness<'static, WorkbenchApp>, max_steps: usize) {
+    nav(h, "Train");
+    {
+        let app = h.state_mut();
+        assert!(app.train_ui.model.as_ref().is_some_and(|m| m.ends_with("models/tiny-llama")));
+        assert_eq!(app.train_ui.dataset.as_deref(), Some("clinic-triage"));
+        app.train_ui.max_steps = max_steps;
+        app.train_ui.lr = 5e-3;
+        app.train_ui.max_seq_len = 128;
+    }
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Start training").click();
+    h.step();
+}
+
+#[test]
+fn a_tiny_sft_job_draws_live_points_and_keeps_the_ui_responsive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    start_sft(&mut h, 12);
+    settle(&mut h, "the first chart points", 120, |a| a.train_ui.current.as_ref().is_some_and(|j| j.steps.len() >= 2));
+    let j = h.state().train_ui.current.as_ref().unwrap();
+    assert_eq!(j.total_steps, 12);
+    assert!(j.steps.iter().all(|s| s.loss.is_finite()));
+    settle(&mut h, "the job to finish", 300, |a| a.train_ui.current.is_none() && !a.train_ui.history.is_empty());
+    let j = h.state().train_ui.history.last().unwrap();
+    assert_eq!(j.state, whetstone::gui::panels::train::JobState::Finished, "{:?}", log(h.state()));
+    assert_eq!(j.steps.len(), 12);
+    assert!(j.steps.last().unwrap().loss < j.steps[0].loss, "loss should fall: {} → {}", j.steps[0].loss, j.steps.last().unwrap().loss);
+    let stats = h.state().frame_stats.clone();
+    assert!(stats.frames_while_job >= 5, "{stats:?}");
+    assert!(stats.max_ms_while_job < 250.0, "a frame took {:.0} ms while the job ran: engine work on the UI thread? {stats:?}", stats.max_ms_while_job);
+    h.get_by_label("finished");
+    // Timings (tokens/s, run name) vary between runs: compare the layout loosely.
+    h.snapshot_options("train_page", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+    // The run is listed with its provenance on the Runs page.
+    nav(&mut h, "Runs");
+    settle(&mut h, "the run list", 20, |a| a.runs_ui.runs.iter().any(|r| r.status == "finished"));
+    let run = h.state().runs_ui.runs[0].clone();
+    assert_eq!(run.card["dataset"]["name"], "clinic-triage");
+    assert_eq!(run.steps.len(), 12);
+    no_errors(h.state());
+}
+
+#[test]
+fn cancel_stops_a_running_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    start_sft(&mut h, 5000);
+    settle(&mut h, "the first step", 120, |a| a.train_ui.current.as_ref().is_some_and(|j| !j.steps.is_empty()));
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    settle(&mut h, "the cancellation", 60, |a| a.train_ui.current.is_none());
+    let j = h.state().train_ui.history.last().unwrap();
+    assert!(matches!(j.state, whetstone::gui::panels::train::JobState::Cancelled(s) if s < 5000), "{:?}", j.state);
+    assert!(h.state().log.iter().any(|l| l.text.contains("cancelled")), "{:?}", log(h.state()));
+}
+
+#[test]
+fn chinese_interface_renders_and_settings_persist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    h.get_by_role_and_label(Role::Button, "View").click();
+    for _ in 0..3 {
+        h.step();
+    }
+    h.get_by_label("简体中文").click();
+    h.step();
+    h.step();
+    // Navigator and headings now in Chinese; CJK glyphs come from the bundled font (kittest panics on a missing glyph).
+    h.get_by_role_and_label(Role::Button, "数据");
+    nav(&mut h, "标注");
+    h.get_by_role_and_label(Role::Button, "接受 (A)");
+    for _ in 0..12 {
+        h.key_press(egui::Key::J);
+        h.step();
+    }
+    h.get_by_label_contains("发烧三天");
+    h.snapshot("chinese_label_page");
+
+    #[derive(Default)]
+    struct Mem(std::collections::HashMap<String, String>);
+    impl eframe::Storage for Mem {
+        fn get_string(&self, k: &str) -> Option<String> {
+            self.0.get(k).cloned()
+        }
+        fn set_string(&mut self, k: &str, v: String) {
+            self.0.insert(k.into(), v);
+        }
+        fn remove_string(&mut self, k: &str) {
+            self.0.remove(k);
+        }
+        fn flush(&mut self) {}
+    }
+    let mut mem = Mem::default();
+    eframe::App::save(h.state_mut(), &mut mem);
+    let s: whetstone::gui::Settings = eframe::get_value(&mem, eframe::APP_KEY).unwrap();
+    assert_eq!(s.lang, whetstone::gui::i18n::Lang::Zh);
+    assert_eq!(s.page, Page::Label);
+    assert_eq!(s.workspace.as_deref(), Some(tmp.path().join("demo").as_path()));
+    assert!(s.tree.is_some(), "the docking layout is saved");
+    let _ = root();
+}
+
+#[test]
+fn sft_then_dpo_on_the_demo_model_then_export_without_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    start_sft(&mut h, 6);
+    settle(&mut h, "the SFT run", 300, |a| a.train_ui.current.is_none() && !a.train_ui.history.is_empty());
+    settle(&mut h, "the run list", 20, |a| a.runs_ui.runs.iter().any(|r| r.status == "finished"));
+    let sft_run = h.state().runs_ui.runs[0].dir.clone();
+    // DPO from the SFT run on the preference pairs: pick the method, base and dataset by label.
+    h.get_by_role_and_label(Role::Button, "Direct preference optimisation (DPO)").click();
+    h.step();
+    let run_name = whetstone::gui::panels::data::short_path(&sft_run);
+    pick(&mut h, "Base model", &run_name);
+    pick(&mut h, "Dataset", "clinic-triage-pairs");
+    assert_eq!(h.state().train_ui.model.as_deref(), Some(sft_run.as_path()));
+    h.state_mut().train_ui.max_steps = 4;
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Start training").click();
+    h.step();
+    settle(&mut h, "the DPO run", 300, |a| a.train_ui.current.is_none() && a.train_ui.history.len() == 2);
+    let dpo = h.state().train_ui.history.last().unwrap();
+    assert_eq!(dpo.state, whetstone::gui::panels::train::JobState::Finished, "{:?}", log(h.state()));
+    assert!(dpo.steps.iter().all(|s| s.metrics.contains_key("rewards/margins")), "DPO charts its reward margins");
+    assert!(h.query_all_by_label("rewards/margins").count() >= 1, "the margins chart is shown");
+    // Export the DPO run, merged, from the Runs page.
+    nav(&mut h, "Runs");
+    settle(&mut h, "both runs", 20, |a| a.runs_ui.runs.iter().filter(|r| r.status == "finished").count() == 2);
+    let dpo_name = h.state().runs_ui.runs.iter().find(|r| r.job_toml.contains("method = \"dpo\"")).unwrap().name.clone();
+    h.state_mut().runs_ui.selected.insert(dpo_name);
+    h.step();
+    let out = tmp.path().join("exported");
+    h.get_by_label("Export to folder").focus();
+    h.step();
+    h.get_by_label("Export to folder").type_text(out.to_str().unwrap());
+    h.step();
+    h.get_by_label("Merge LoRA adapter into the model").click();
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Export model").click();
+    settle(&mut h, "the export", 60, |a| a.log.iter().any(|l| l.text.starts_with("Exported")));
+    assert!(out.join("config.json").exists() && out.join("model.safetensors").exists(), "{:?}", log(h.state()));
+    no_errors(h.state());
+    h.snapshot_options("runs_page", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+}
+
+#[test]
+fn models_page_shows_the_model_and_streams_a_reply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    // The demo model has random weights: its words can be any Unicode character.
+    h.ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+    nav(&mut h, "Models");
+    h.get_by_role_and_label(Role::Button, "models/tiny-llama").click();
+    settle(&mut h, "the model info", 60, |a| a.models_ui.infos.values().any(|i| i.is_ok()));
+    h.get_by_label("Architecture");
+    h.get_by_label("Message").focus();
+    h.step();
+    h.get_by_label("Message").type_text("Fever and stiff neck?");
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Send").click();
+    h.step();
+    settle(&mut h, "the reply", 60, |a| a.models_ui.generating.is_none() && a.models_ui.chat.len() == 2);
+    let reply = &h.state().models_ui.chat[1].1;
+    assert!(!reply.is_empty());
+    assert!(h.state().models_ui.last_speed.contains("tokens/s"));
+    no_errors(h.state());
+    h.snapshot_options("models_page", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+}
+
+#[test]
+fn a_new_workspace_folder_is_created_and_curation_tools_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fresh");
+    let mut h = harness(StartOptions { workspace: Some(dir.clone()), demo_dir: None });
+    settle(&mut h, "the new workspace", 20, |a| a.ws.is_some());
+    assert!(dir.join("whetstone.toml").exists());
+    h.get_by_label("No dataset yet: import a file to start.");
+    let csv = root().join("assets/demo/clinic_triage.csv");
+    h.state_mut().data(whetstone::gui::worker::DataCmd::Import { path: csv, name: Some("triage".into()) });
+    settle(&mut h, "the import", 20, |a| a.ds.is_some());
+    h.get_by_role_and_label(Role::Button, "Keep the guesses").click();
+    h.step();
+    // Duplicates: one exact and one near duplicate in the demo data.
+    h.get_by_role_and_label(Role::Button, "Duplicates").click();
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Find duplicates").click();
+    settle(&mut h, "duplicates", 20, |a| a.data_ui.duplicates.is_some());
+    assert!(!h.state().data_ui.duplicates.as_ref().unwrap().is_empty());
+    h.get_by_role_and_label(Role::Button, "Remove duplicates").click();
+    settle(&mut h, "the deduplicated version", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.version == 2));
+    // Personal data: found, then replaced in a new version.
+    h.get_by_role_and_label(Role::Button, "Personal data").click();
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Scan for personal data").click();
+    settle(&mut h, "the PII scan", 20, |a| a.data_ui.pii.as_ref().is_some_and(|p| !p.is_empty()));
+    h.get_by_role_and_label(Role::Button, "Replace all with placeholders").click();
+    settle(&mut h, "the redacted version", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.version == 3));
+    let d = h.state().ds.as_ref().unwrap();
+    let all: String = (0..d.table.height()).map(|r| d.cell(r, "question")).collect();
+    assert!(all.contains("[PHONE]") && !all.contains("415-555-0132"), "{all}");
+    // Token lengths with the model's tokenizer, then a stratified split.
+    h.state_mut().settings.models.push(root().join("assets/demo/tiny-llama"));
+    h.get_by_role_and_label(Role::Button, "Token lengths").click();
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Count tokens").click();
+    settle(&mut h, "token statistics", 20, |a| a.data_ui.token_stats.is_some());
+    h.get_by_role_and_label(Role::Button, "Split").click();
+    h.step();
+    h.state_mut().data_ui.stratify = "department".into();
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Split dataset").click();
+    settle(&mut h, "the split version", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.version == 4 && d.info.columns.iter().any(|c| c.name == "split")));
+    no_errors(h.state());
+}
