@@ -436,7 +436,7 @@ impl WorkbenchApp {
                     self.pick_import();
                 }
                 ui.separator();
-                if ui.button("Quit").clicked() {
+                if ui.button(t("Quit")).clicked() {
                     ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
                 }
             });
@@ -469,7 +469,7 @@ impl WorkbenchApp {
                     i18n::set_lang(Lang::Zh);
                 }
                 ui.separator();
-                if ui.button("Reset layout").clicked() {
+                if ui.button(t("Reset layout")).clicked() {
                     self.tree = default_tree();
                     ui.close();
                 }
@@ -504,7 +504,7 @@ impl WorkbenchApp {
             }
         }
         ui.separator();
-        ui.label("Datasets");
+        ui.label(t("Datasets"));
         let names: Vec<(String, u32, usize)> = self.ws.as_ref().map(|w| w.datasets.iter().map(|d| (d.dataset.clone(), d.version, d.rows)).collect()).unwrap_or_default();
         let current = self.dataset_name();
         egui::ScrollArea::vertical().id_salt("nav_datasets").show(ui, |ui| {
@@ -519,7 +519,7 @@ impl WorkbenchApp {
 
     fn status_bar(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
-            ui.label("Device: CPU");
+            ui.label(t("Device: CPU"));
             if let Some(mb) = resident_mb() {
                 ui.separator();
                 ui.label(format!("Memory: {mb:.0} MB"));
@@ -542,7 +542,7 @@ impl WorkbenchApp {
                     ui.label(format!("{}… {secs} s", b.what));
                 }
             } else {
-                ui.weak("Ready");
+                ui.weak(t("Ready"));
             }
             if let Some(l) = self.log.last() {
                 ui.separator();

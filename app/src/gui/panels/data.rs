@@ -87,7 +87,7 @@ impl MappingDialog {
 /// Returns false once the dialog is closed.
 pub fn mapping_dialog(app: &mut WorkbenchApp, ui: &mut egui::Ui, m: &mut MappingDialog) -> bool {
     let mut keep = true;
-    egui::Window::new("Column roles").collapsible(false).resizable(false).show(ui.ctx(), |ui| {
+    egui::Window::new(t("Column roles")).collapsible(false).resizable(false).show(ui.ctx(), |ui| {
         ui.label(format!("How should Whetstone read the columns of `{}`? The guesses come from the column names.", m.dataset));
         egui::Grid::new("roles_grid").num_columns(2).show(ui, |ui| {
             for (role, col) in m.roles.iter_mut() {
@@ -102,7 +102,7 @@ pub fn mapping_dialog(app: &mut WorkbenchApp, ui: &mut egui::Ui, m: &mut Mapping
             }
         });
         ui.horizontal(|ui| {
-            if ui.button("Save roles").clicked() {
+            if ui.button(t("Save roles")).clicked() {
                 let changed: Vec<(String, String)> = m
                     .roles
                     .iter()
@@ -115,7 +115,7 @@ pub fn mapping_dialog(app: &mut WorkbenchApp, ui: &mut egui::Ui, m: &mut Mapping
                 }
                 keep = false;
             }
-            if ui.button("Keep the guesses").clicked() {
+            if ui.button(t("Keep the guesses")).clicked() {
                 keep = false;
             }
         });
@@ -183,19 +183,19 @@ pub fn turns(d: &crate::gui::DatasetView, row: usize) -> Vec<(String, String)> {
 
 fn no_workspace(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.heading(t("No workspace open"));
-    ui.label("A workspace is a folder that holds your datasets, labels and training runs.");
-    let l = ui.label("Workspace folder");
+    ui.label(t("A workspace is a folder that holds your datasets, labels and training runs."));
+    let l = ui.label(t("Workspace folder"));
     ui.add(egui::TextEdit::singleline(&mut app.data_ui.workspace_path).desired_width(400.0)).labelled_by(l.id);
     ui.horizontal(|ui| {
         let p = std::path::PathBuf::from(app.data_ui.workspace_path.trim());
-        if ui.button("Open or create").clicked() && !app.data_ui.workspace_path.trim().is_empty() {
+        if ui.button(t("Open or create")).clicked() && !app.data_ui.workspace_path.trim().is_empty() {
             if p.join("whetstone.toml").exists() {
                 app.data(DataCmd::Open(p));
             } else {
                 app.data(DataCmd::Create(p));
             }
         }
-        if ui.button("Browse…").clicked() {
+        if ui.button(t("Browse…")).clicked() {
             app.pick_workspace();
         }
     });
@@ -208,20 +208,20 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     }
     // Import row.
     ui.horizontal(|ui| {
-        let l = ui.label("File to import");
-        let r = ui.add(egui::TextEdit::singleline(&mut app.data_ui.import_path).hint_text("CSV, TSV, JSON, JSONL or Parquet; or drop files on the window").desired_width(360.0)).labelled_by(l.id);
+        let l = ui.label(t("File to import"));
+        let r = ui.add(egui::TextEdit::singleline(&mut app.data_ui.import_path).hint_text(t("CSV, TSV, JSON, JSONL or Parquet; or drop files on the window")).desired_width(360.0)).labelled_by(l.id);
         let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        if (ui.button("Import").clicked() || enter) && !app.data_ui.import_path.trim().is_empty() {
+        if (ui.button(t("Import")).clicked() || enter) && !app.data_ui.import_path.trim().is_empty() {
             let p = std::path::PathBuf::from(app.data_ui.import_path.trim());
             app.data(DataCmd::Import { path: p, name: None });
         }
-        if ui.button("Browse…").clicked() {
+        if ui.button(t("Browse…")).clicked() {
             app.pick_import();
         }
     });
     ui.separator();
     let Some(d) = app.ds.as_ref() else {
-        ui.label("No dataset yet: import a file to start.");
+        ui.label(t("No dataset yet: import a file to start."));
         return;
     };
     // Dataset header.
@@ -230,7 +230,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.heading(&name);
         let mut chosen = version;
-        egui::ComboBox::from_label("Version").selected_text(format!("v{version}")).show_ui(ui, |ui| {
+        egui::ComboBox::from_label(t("Version")).selected_text(format!("v{version}")).show_ui(ui, |ui| {
             for (v, op) in &versions {
                 ui.selectable_value(&mut chosen, *v, format!("v{v} ({op})"));
             }
@@ -240,7 +240,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         }
         ui.label(format!("{rows} rows"));
         ui.weak(roles.iter().map(|(r, c)| format!("{r}={c}")).collect::<Vec<_>>().join("  "));
-        if ui.button("Roles…").clicked() {
+        if ui.button(t("Roles…")).clicked() {
             if let Some(d) = &app.ds {
                 app.data_ui.mapping = Some(MappingDialog::new(&d.info));
             }
@@ -285,14 +285,14 @@ fn rows_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         let l = ui.label(t("Search"));
         let r = ui.add(egui::TextEdit::singleline(&mut app.data_ui.search).desired_width(260.0)).labelled_by(l.id);
         let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        ui.checkbox(&mut app.data_ui.regex, "Regex");
+        ui.checkbox(&mut app.data_ui.regex, t("Regex"));
         let before = app.data_ui.status.clone();
-        egui::ComboBox::from_label("Status").selected_text(app.data_ui.status.clone()).show_ui(ui, |ui| {
+        egui::ComboBox::from_label(t("Status")).selected_text(app.data_ui.status.clone()).show_ui(ui, |ui| {
             for s in ["any", "accept", "reject", "flag", "unlabelled"] {
                 ui.selectable_value(&mut app.data_ui.status, s.to_string(), s);
             }
         });
-        if ui.button("Apply").clicked() || enter || before != app.data_ui.status {
+        if ui.button(t("Apply")).clicked() || enter || before != app.data_ui.status {
             run_query(app);
         }
     });
@@ -319,10 +319,10 @@ fn rows_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             tb = tb.column(Column::remainder().clip(true));
             tb.header(20.0, |mut h| {
                 h.col(|ui| {
-                    ui.strong("id");
+                    ui.strong(t("id"));
                 });
                 h.col(|ui| {
-                    ui.strong("status");
+                    ui.strong(t("status"));
                 });
                 for c in &cols {
                     h.col(|ui| {
@@ -357,7 +357,7 @@ fn rows_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.separator();
         ui.vertical(|ui| {
             let Some(r) = d.selected else {
-                ui.weak("Click a row to see it here.");
+                ui.weak(t("Click a row to see it here."));
                 return;
             };
             ui.strong(format!("Record {}", d.ids[r]));
@@ -385,22 +385,22 @@ fn rows_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 fn duplicates_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let name = app.dataset_name().unwrap_or_default();
     ui.horizontal(|ui| {
-        ui.add(egui::Slider::new(&mut app.data_ui.dup_threshold, 0.5..=1.0).text("Similarity threshold"));
-        if ui.button("Find duplicates").clicked() {
+        ui.add(egui::Slider::new(&mut app.data_ui.dup_threshold, 0.5..=1.0).text(t("Similarity threshold")));
+        if ui.button(t("Find duplicates")).clicked() {
             app.data(DataCmd::FindDuplicates { dataset: name.clone(), threshold: app.data_ui.dup_threshold });
         }
     });
     let Some(groups) = app.data_ui.duplicates.clone() else {
-        ui.weak("Exact duplicates match after ignoring case and spacing; near duplicates are estimated with MinHash.");
+        ui.weak(t("Exact duplicates match after ignoring case and spacing; near duplicates are estimated with MinHash."));
         return;
     };
     if groups.is_empty() {
-        ui.label("No duplicates found.");
+        ui.label(t("No duplicates found."));
         return;
     }
     let drop = whetstone_engine::data::curate::duplicate_rows_to_drop(&groups);
     ui.label(format!("{} groups; removing keeps the first row of each and drops {} rows (as a new version).", groups.len(), drop.len()));
-    if ui.button("Remove duplicates").clicked() {
+    if ui.button(t("Remove duplicates")).clicked() {
         app.data(DataCmd::DropRows { dataset: name, rows: drop, operation: "dedupe".into() });
         app.data_ui.duplicates = None;
         return;
@@ -423,15 +423,15 @@ fn duplicates_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 fn pii_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let name = app.dataset_name().unwrap_or_default();
     ui.horizontal(|ui| {
-        if ui.button("Scan for personal data").clicked() {
+        if ui.button(t("Scan for personal data")).clicked() {
             app.data(DataCmd::ScanPii { dataset: name.clone() });
         }
-        if app.data_ui.pii.as_ref().is_some_and(|h| !h.is_empty()) && ui.button("Replace all with placeholders").clicked() {
+        if app.data_ui.pii.as_ref().is_some_and(|h| !h.is_empty()) && ui.button(t("Replace all with placeholders")).clicked() {
             app.data(DataCmd::RedactPii { dataset: name.clone() });
         }
     });
     let Some(hits) = app.data_ui.pii.clone() else {
-        ui.weak("Finds emails, phone numbers, ID and account numbers, dates of birth and names, and replaces them with [EMAIL], [PHONE], … in a new version.");
+        ui.weak(t("Finds emails, phone numbers, ID and account numbers, dates of birth and names, and replaces them with [EMAIL], [PHONE], … in a new version."));
         return;
     };
     ui.label(format!("{} findings", hits.len()));
@@ -461,15 +461,15 @@ fn tokens_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         app.data_ui.token_model = models.first().cloned();
     }
     ui.horizontal(|ui| {
-        egui::ComboBox::from_label("Tokenizer of")
+        egui::ComboBox::from_label(t("Tokenizer of"))
             .selected_text(app.data_ui.token_model.as_ref().map(|p| short_path(p)).unwrap_or_else(|| "(add a model first)".into()))
             .show_ui(ui, |ui| {
                 for m in &models {
                     ui.selectable_value(&mut app.data_ui.token_model, Some(m.clone()), short_path(m));
                 }
             });
-        ui.add(egui::DragValue::new(&mut app.data_ui.max_seq_len).range(8..=131072).prefix("max_seq_len "));
-        if ui.button("Count tokens").clicked() {
+        ui.add(egui::DragValue::new(&mut app.data_ui.max_seq_len).range(8..=131072).prefix(t("max_seq_len ")));
+        if ui.button(t("Count tokens")).clicked() {
             if let Some(m) = app.data_ui.token_model.clone() {
                 app.data(DataCmd::TokenStats { dataset: name.clone(), model: m, max_seq_len: app.data_ui.max_seq_len });
             }
@@ -497,12 +497,12 @@ fn split_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let cols: Vec<String> = app.ds.as_ref().map(|d| d.info.columns.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
     let u = &mut app.data_ui;
     ui.horizontal(|ui| {
-        ui.add(egui::DragValue::new(&mut u.split[0]).range(0.0..=1.0).speed(0.01).prefix("train "));
-        ui.add(egui::DragValue::new(&mut u.split[1]).range(0.0..=1.0).speed(0.01).prefix("validation "));
-        ui.add(egui::DragValue::new(&mut u.split[2]).range(0.0..=1.0).speed(0.01).prefix("test "));
-        ui.add(egui::DragValue::new(&mut u.seed).prefix("seed "));
+        ui.add(egui::DragValue::new(&mut u.split[0]).range(0.0..=1.0).speed(0.01).prefix(t("train ")));
+        ui.add(egui::DragValue::new(&mut u.split[1]).range(0.0..=1.0).speed(0.01).prefix(t("validation ")));
+        ui.add(egui::DragValue::new(&mut u.split[2]).range(0.0..=1.0).speed(0.01).prefix(t("test ")));
+        ui.add(egui::DragValue::new(&mut u.seed).prefix(t("seed ")));
     });
-    egui::ComboBox::from_label("Keep proportions of").selected_text(if u.stratify.is_empty() { "(nothing)".to_string() } else { u.stratify.clone() }).show_ui(ui, |ui| {
+    egui::ComboBox::from_label(t("Keep proportions of")).selected_text(if u.stratify.is_empty() { "(nothing)".to_string() } else { u.stratify.clone() }).show_ui(ui, |ui| {
         ui.selectable_value(&mut u.stratify, String::new(), "(nothing)");
         for c in &cols {
             ui.selectable_value(&mut u.stratify, c.clone(), c.as_str());
@@ -513,7 +513,7 @@ fn split_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     if (sum - 1.0).abs() > 1e-6 {
         ui.colored_label(ui.visuals().warn_fg_color, format!("The three shares add up to {sum:.2}; they must add up to 1."));
     }
-    if ui.add_enabled((sum - 1.0).abs() <= 1e-6, egui::Button::new("Split dataset")).clicked() {
+    if ui.add_enabled((sum - 1.0).abs() <= 1e-6, egui::Button::new(t("Split dataset"))).clicked() {
         let stratify = Some(u.stratify.clone()).filter(|s| !s.is_empty());
         let seed = u.seed;
         app.data(DataCmd::Split { dataset: name, fractions: f, seed, stratify });
@@ -524,20 +524,20 @@ fn export_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let name = app.dataset_name().unwrap_or_default();
     let u = &mut app.data_ui;
     ui.horizontal(|ui| {
-        let l = ui.label("Export to");
-        ui.add(egui::TextEdit::singleline(&mut u.export_path).hint_text("out.jsonl, out.parquet or out.csv").desired_width(320.0)).labelled_by(l.id);
-        if ui.button("Browse…").clicked() {
+        let l = ui.label(t("Export to"));
+        ui.add(egui::TextEdit::singleline(&mut u.export_path).hint_text(t("out.jsonl, out.parquet or out.csv")).desired_width(320.0)).labelled_by(l.id);
+        if ui.button(t("Browse…")).clicked() {
             if let Some(p) = rfd::FileDialog::new().set_file_name(format!("{name}.jsonl")).save_file() {
                 u.export_path = p.display().to_string();
             }
         }
     });
-    egui::ComboBox::from_label("Shape").selected_text(u.export_shape.clone()).show_ui(ui, |ui| {
+    egui::ComboBox::from_label(t("Shape")).selected_text(u.export_shape.clone()).show_ui(ui, |ui| {
         for s in ["raw", "trl-sft", "trl-preference", "ds-chat"] {
             ui.selectable_value(&mut u.export_shape, s.to_string(), s);
         }
     });
-    if ui.button("Export").clicked() && !u.export_path.trim().is_empty() {
+    if ui.button(t("Export")).clicked() && !u.export_path.trim().is_empty() {
         let (out, shape) = (std::path::PathBuf::from(u.export_path.trim()), u.export_shape.clone());
         app.data(DataCmd::Export { dataset: name, out, shape });
     }

@@ -54,7 +54,7 @@ fn big(text: &str) -> egui::Button<'_> {
 
 pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     if app.ds.is_none() {
-        ui.label("Open a dataset on the Data page first.");
+        ui.label(t("Open a dataset on the Data page first."));
         return;
     }
     ui.horizontal(|ui| {
@@ -63,7 +63,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             refresh_pairs(app);
         }
         ui.separator();
-        let l = ui.label("Annotator");
+        let l = ui.label(t("Annotator"));
         ui.add(egui::TextEdit::singleline(&mut app.settings.annotator).desired_width(120.0)).labelled_by(l.id);
     });
     ui.separator();
@@ -85,7 +85,7 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let Some(d) = app.ds.as_ref() else { return };
     let n = d.rows.len();
     if n == 0 {
-        ui.label("No rows match the current search.");
+        ui.label(t("No rows match the current search."));
         return;
     }
     let cursor = app.label_ui.cursor.min(n - 1);
@@ -144,14 +144,14 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         }
     });
     if let Some(mut text) = app.label_ui.editing.take() {
-        let l = ui.label("Edited response");
+        let l = ui.label(t("Edited response"));
         ui.add(egui::TextEdit::multiline(&mut text).desired_rows(4).desired_width(f32::INFINITY)).labelled_by(l.id);
         let mut keep = true;
         ui.horizontal(|ui| {
-            if ui.button("Save edit").clicked() {
+            if ui.button(t("Save edit")).clicked() {
                 action = Some(("edit", Some(json!(text.clone()))));
                 keep = false;
-            } else if ui.button("Discard edit").clicked() {
+            } else if ui.button(t("Discard edit")).clicked() {
                 keep = false;
             }
         });
@@ -177,7 +177,7 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     });
     let rating = labels.get("rating").and_then(|v| v.as_u64()).unwrap_or(0);
     ui.horizontal(|ui| {
-        ui.label("Rating");
+        ui.label(t("Rating"));
         for r in 1..=5u64 {
             if ui.add(egui::Button::new(egui::RichText::new(r.to_string()).size(16.0)).min_size(egui::vec2(36.0, 32.0)).selected(rating == r)).clicked() {
                 action = Some(("rating", Some(json!(r))));
@@ -186,7 +186,7 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     });
     let current_tags: Vec<String> = labels.get("tags").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()).unwrap_or_default();
     ui.horizontal_wrapped(|ui| {
-        ui.label("Tags");
+        ui.label(t("Tags"));
         for tag in &tags {
             let on = current_tags.contains(tag);
             if ui.add(egui::Button::selectable(on, tag.as_str())).clicked() {
@@ -199,10 +199,10 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 action = Some(("tags", Some(json!(next))));
             }
         }
-        let l = ui.label("New tag");
+        let l = ui.label(t("New tag"));
         let r = ui.add(egui::TextEdit::singleline(&mut app.label_ui.tag_input).desired_width(120.0)).labelled_by(l.id);
         let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        if (ui.button("Add tag").clicked() || enter) && !app.label_ui.tag_input.trim().is_empty() {
+        if (ui.button(t("Add tag")).clicked() || enter) && !app.label_ui.tag_input.trim().is_empty() {
             let mut next = current_tags.clone();
             next.push(app.label_ui.tag_input.trim().to_string());
             app.label_ui.tag_input.clear();
@@ -210,14 +210,14 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         }
     });
     ui.horizontal(|ui| {
-        let l = ui.label("Note");
+        let l = ui.label(t("Note"));
         if app.label_ui.note_input.is_empty() {
             if let Some(n) = labels.get("note").and_then(|v| v.as_str()) {
                 app.label_ui.note_input = n.to_string();
             }
         }
         ui.add(egui::TextEdit::singleline(&mut app.label_ui.note_input).desired_width(300.0)).labelled_by(l.id);
-        if ui.button("Save note").clicked() {
+        if ui.button(t("Save note")).clicked() {
             action = Some(("note", Some(json!(app.label_ui.note_input.clone()))));
         }
     });
@@ -229,7 +229,7 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             advance = 1;
         }
         ui.separator();
-        if ui.button("Save labels as a new dataset version").clicked() {
+        if ui.button(t("Save labels as a new dataset version")).clicked() {
             let name = app.dataset_name().unwrap_or_default();
             app.data(DataCmd::CommitLabels { dataset: name });
         }
@@ -262,22 +262,22 @@ fn pairs(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         app.label_ui.draft_model = models.first().cloned();
     }
     ui.horizontal(|ui| {
-        egui::ComboBox::from_label("Draft with")
+        egui::ComboBox::from_label(t("Draft with"))
             .selected_text(app.label_ui.draft_model.as_ref().map(|p| short_path(p)).unwrap_or_else(|| "(add a model)".into()))
             .show_ui(ui, |ui| {
                 for m in &models {
                     ui.selectable_value(&mut app.label_ui.draft_model, Some(m.clone()), short_path(m));
                 }
             });
-        ui.add(egui::DragValue::new(&mut app.label_ui.draft_k).range(2..=8).prefix("answers per prompt "));
-        ui.add(egui::DragValue::new(&mut app.label_ui.draft_limit).range(1..=100_000).prefix("prompts "));
-        if ui.button("Draft answers with model").clicked() {
+        ui.add(egui::DragValue::new(&mut app.label_ui.draft_k).range(2..=8).prefix(t("answers per prompt ")));
+        ui.add(egui::DragValue::new(&mut app.label_ui.draft_limit).range(1..=100_000).prefix(t("prompts ")));
+        if ui.button(t("Draft answers with model")).clicked() {
             if let (Some(model), Some(ws), Some(dataset)) = (app.label_ui.draft_model.clone(), app.ws.as_ref().map(|w| w.root.clone()), app.dataset_name()) {
                 let opts = whetstone_engine::generate::GenerateOptions { max_new_tokens: 96, temperature: 0.8, top_p: 0.95, seed: 0, ..Default::default() };
                 app.model(ModelCmd::Draft { workspace: ws, dataset, model, k: app.label_ui.draft_k, limit: Some(app.label_ui.draft_limit), opts });
             }
         }
-        if ui.button("Refresh queue").clicked() {
+        if ui.button(t("Refresh queue")).clicked() {
             refresh_pairs(app);
         }
     });
@@ -286,8 +286,8 @@ fn pairs(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let done = app.label_ui.pair_cursor.min(total);
     ui.add(egui::ProgressBar::new(if total == 0 { 0.0 } else { done as f32 / total as f32 }).desired_width(260.0).text(format!("{done} of {total} pairs judged")));
     let Some(item) = app.label_ui.pairs.get(app.label_ui.pair_cursor).cloned() else {
-        ui.label("No pairs waiting. Draft answers with a model, or open a dataset with chosen/rejected columns, then Refresh queue.");
-        if ui.button("Save preferences as a dataset").clicked() {
+        ui.label(t("No pairs waiting. Draft answers with a model, or open a dataset with chosen/rejected columns, then Refresh queue."));
+        if ui.button(t("Save preferences as a dataset")).clicked() {
             if let Some(name) = app.dataset_name() {
                 let a = app.settings.annotator.clone();
                 app.data(DataCmd::CommitPreferences { dataset: name, annotator: a });

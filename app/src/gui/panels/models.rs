@@ -54,19 +54,19 @@ fn add_model(app: &mut WorkbenchApp, p: PathBuf) {
 
 pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
-        let l = ui.label("Model path");
-        ui.add(egui::TextEdit::singleline(&mut app.models_ui.path_input).hint_text("an HF folder or a .gguf file").desired_width(380.0)).labelled_by(l.id);
-        if ui.button("Add model").clicked() && !app.models_ui.path_input.trim().is_empty() {
+        let l = ui.label(t("Model path"));
+        ui.add(egui::TextEdit::singleline(&mut app.models_ui.path_input).hint_text(t("an HF folder or a .gguf file")).desired_width(380.0)).labelled_by(l.id);
+        if ui.button(t("Add model")).clicked() && !app.models_ui.path_input.trim().is_empty() {
             let p = PathBuf::from(app.models_ui.path_input.trim());
             app.models_ui.path_input.clear();
             add_model(app, p);
         }
-        if ui.button("GGUF file…").clicked() {
+        if ui.button(t("GGUF file…")).clicked() {
             if let Some(p) = rfd::FileDialog::new().add_filter("GGUF", &["gguf"]).pick_file() {
                 add_model(app, p);
             }
         }
-        if ui.button("HF folder…").clicked() {
+        if ui.button(t("HF folder…")).clicked() {
             if let Some(p) = rfd::FileDialog::new().pick_folder() {
                 add_model(app, p);
             }
@@ -88,7 +88,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                     }
                 }
                 r.context_menu(|ui| {
-                    if ui.button("Remove from list").clicked() {
+                    if ui.button(t("Remove from list")).clicked() {
                         remove = Some(m.clone());
                         ui.close();
                     }
@@ -101,12 +101,12 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.separator();
         ui.vertical(|ui| {
             let Some(sel) = app.models_ui.selected.clone() else {
-                ui.label("Add or select a model.");
+                ui.label(t("Add or select a model."));
                 return;
             };
             match app.models_ui.infos.get(&sel) {
                 None => {
-                    ui.label("Loading…");
+                    ui.label(t("Loading…"));
                 }
                 Some(Err(e)) => {
                     ui.colored_label(ui.visuals().error_fg_color, e);
@@ -138,7 +138,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 }
 
 fn playground(app: &mut WorkbenchApp, ui: &mut egui::Ui, model: &PathBuf) {
-    ui.strong("Playground");
+    ui.strong(t("Playground"));
     egui::ScrollArea::vertical().id_salt("chat").stick_to_bottom(true).max_height(ui.available_height() - 150.0).show(ui, |ui| {
         for (role, text) in &app.models_ui.chat {
             bubble(ui, role, text);
@@ -146,11 +146,11 @@ fn playground(app: &mut WorkbenchApp, ui: &mut egui::Ui, model: &PathBuf) {
     });
     let u = &mut app.models_ui;
     ui.horizontal(|ui| {
-        ui.add(egui::Slider::new(&mut u.temperature, 0.0..=2.0).text("Temperature"));
-        ui.add(egui::Slider::new(&mut u.top_p, 0.05..=1.0).text("Top-p"));
-        ui.add(egui::DragValue::new(&mut u.max_new_tokens).range(1..=4096).prefix("max tokens "));
+        ui.add(egui::Slider::new(&mut u.temperature, 0.0..=2.0).text(t("Temperature")));
+        ui.add(egui::Slider::new(&mut u.top_p, 0.05..=1.0).text(t("Top-p")));
+        ui.add(egui::DragValue::new(&mut u.max_new_tokens).range(1..=4096).prefix(t("max tokens ")));
     });
-    let l = ui.label("Message");
+    let l = ui.label(t("Message"));
     ui.add(egui::TextEdit::multiline(&mut u.prompt).desired_rows(2).desired_width(f32::INFINITY)).labelled_by(l.id);
     let mut send = None;
     ui.horizontal(|ui| {
@@ -169,7 +169,7 @@ fn playground(app: &mut WorkbenchApp, ui: &mut egui::Ui, model: &PathBuf) {
                 c.store(true, Ordering::Relaxed);
             }
         }
-        if ui.button("Clear").clicked() {
+        if ui.button(t("Clear")).clicked() {
             u.chat.clear();
         }
         ui.weak(&u.last_speed);

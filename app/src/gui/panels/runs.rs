@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::gui::charts::{Series, lines};
 use crate::gui::worker::{DataCmd, RunSummary};
+use crate::gui::i18n::t;
 use crate::gui::WorkbenchApp;
 
 #[derive(Default)]
@@ -31,11 +32,11 @@ pub fn diff_lines(a: &str, b: &str) -> Vec<String> {
 }
 
 pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
-    if ui.button("Refresh").clicked() {
+    if ui.button(t("Refresh")).clicked() {
         app.data(DataCmd::ListRuns);
     }
     if app.runs_ui.runs.is_empty() {
-        ui.label("No runs in this workspace yet. Start one on the Train page.");
+        ui.label(t("No runs in this workspace yet. Start one on the Train page."));
         return;
     }
     egui::Grid::new("runs_grid").num_columns(6).striped(true).show(ui, |ui| {
@@ -45,7 +46,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.end_row();
         for r in &app.runs_ui.runs {
             let mut on = app.runs_ui.selected.contains(&r.name);
-            if ui.checkbox(&mut on, "").on_hover_text("Compare").changed() {
+            if ui.checkbox(&mut on, t("")).on_hover_text(t("Compare")).changed() {
                 if on {
                     app.runs_ui.selected.insert(r.name.clone());
                 } else {
@@ -62,7 +63,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     });
     let chosen: Vec<RunSummary> = app.runs_ui.runs.iter().filter(|r| app.runs_ui.selected.contains(&r.name)).cloned().collect();
     if chosen.is_empty() {
-        ui.weak("Tick runs to compare their curves, see their provenance and export them.");
+        ui.weak(t("Tick runs to compare their curves, see their provenance and export them."));
         return;
     }
     ui.separator();
@@ -70,7 +71,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         if chosen.len() >= 2 {
             let series: Vec<Series> =
                 chosen.iter().map(|r| Series { name: r.name.clone(), points: r.steps.iter().map(|s| [s.step as f64, s.loss]).filter(|p| p[1].is_finite()).collect() }).collect();
-            ui.strong("Training loss");
+            ui.strong(t("Training loss"));
             lines(ui, "runs_overlay", "loss", &series, app.train_ui.smoothing, 220.0);
         }
         if chosen.len() == 2 {
@@ -82,20 +83,20 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         if chosen.len() == 1 {
             let r = &chosen[0];
             ui.horizontal(|ui| {
-                let l = ui.label("Export to folder");
+                let l = ui.label(t("Export to folder"));
                 ui.add(egui::TextEdit::singleline(&mut app.runs_ui.export_path).desired_width(300.0)).labelled_by(l.id);
-                if ui.button("Browse…").clicked() {
+                if ui.button(t("Browse…")).clicked() {
                     if let Some(p) = rfd::FileDialog::new().pick_folder() {
                         app.runs_ui.export_path = p.display().to_string();
                     }
                 }
-                ui.checkbox(&mut app.runs_ui.merge, "Merge LoRA adapter into the model");
-                if ui.button("Export model").clicked() && !app.runs_ui.export_path.trim().is_empty() {
+                ui.checkbox(&mut app.runs_ui.merge, t("Merge LoRA adapter into the model"));
+                if ui.button(t("Export model")).clicked() && !app.runs_ui.export_path.trim().is_empty() {
                     let out = std::path::PathBuf::from(app.runs_ui.export_path.trim());
                     app.data(DataCmd::ExportRun { run: r.dir.clone(), out, merge: app.runs_ui.merge });
                 }
             });
-            egui::CollapsingHeader::new("Provenance (run.json)").default_open(false).show(ui, |ui| {
+            egui::CollapsingHeader::new(t("Provenance (run.json)")).default_open(false).show(ui, |ui| {
                 ui.monospace(serde_json::to_string_pretty(&r.card).unwrap_or_default());
             });
             crate::gui::panels::train::step_charts(ui, &format!("run_{}", r.name), &r.steps, &r.evals, app.train_ui.smoothing);

@@ -365,7 +365,7 @@ fn form(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
     if u.dataset.is_none() {
         u.dataset = app.ds.as_ref().map(|d| d.info.dataset.clone()).or_else(|| datasets.first().cloned());
     }
-    ui.heading("Method");
+    ui.heading(t("Method"));
     ui.horizontal_wrapped(|ui| {
         for m in MethodChoice::ALL {
             ui.selectable_value(&mut u.method, m, m.title());
@@ -376,96 +376,96 @@ fn form(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
     egui::Grid::new("train_form").num_columns(2).spacing([16.0, 6.0]).show(ui, |ui| {
         let mut base_options = models.clone();
         base_options.extend(finished_runs.iter().cloned());
-        ui.label("Start from");
+        ui.label(t("Start from"));
         path_combo(ui, "Base model", &mut u.model, &base_options);
         ui.end_row();
-        ui.label("Train on");
-        egui::ComboBox::from_label("Dataset").selected_text(u.dataset.clone().unwrap_or_else(|| "(choose)".into())).show_ui(ui, |ui| {
+        ui.label(t("Train on"));
+        egui::ComboBox::from_label(t("Dataset")).selected_text(u.dataset.clone().unwrap_or_else(|| "(choose)".into())).show_ui(ui, |ui| {
             for d in &datasets {
                 ui.selectable_value(&mut u.dataset, Some(d.clone()), d.as_str());
             }
         });
         ui.end_row();
-        ui.label("Length");
+        ui.label(t("Length"));
         ui.horizontal(|ui| {
-            ui.add(egui::DragValue::new(&mut u.epochs).range(1..=1000).prefix("epochs "));
-            ui.add(egui::DragValue::new(&mut u.max_steps).range(0..=1_000_000).prefix("or max steps "));
+            ui.add(egui::DragValue::new(&mut u.epochs).range(1..=1000).prefix(t("epochs ")));
+            ui.add(egui::DragValue::new(&mut u.max_steps).range(0..=1_000_000).prefix(t("or max steps ")));
         });
         ui.end_row();
-        ui.label("Learning rate");
-        ui.add(egui::Slider::new(&mut u.lr, 1e-6..=1e-2).logarithmic(true).text("lr"));
+        ui.label(t("Learning rate"));
+        ui.add(egui::Slider::new(&mut u.lr, 1e-6..=1e-2).logarithmic(true).text(t("lr")));
         ui.end_row();
-        ui.label("Batch");
+        ui.label(t("Batch"));
         ui.horizontal(|ui| {
-            ui.add(egui::DragValue::new(&mut u.batch_size).range(1..=512).prefix("batch size "));
-            ui.add(egui::DragValue::new(&mut u.max_seq_len).range(16..=32768).prefix("max tokens "));
+            ui.add(egui::DragValue::new(&mut u.batch_size).range(1..=512).prefix(t("batch size ")));
+            ui.add(egui::DragValue::new(&mut u.max_seq_len).range(16..=32768).prefix(t("max tokens ")));
         });
         ui.end_row();
-        ui.label("Adapters");
+        ui.label(t("Adapters"));
         ui.horizontal(|ui| {
-            ui.checkbox(&mut u.lora, "LoRA (train small adapters, base frozen)");
+            ui.checkbox(&mut u.lora, t("LoRA (train small adapters, base frozen)"));
             if u.lora {
-                ui.add(egui::DragValue::new(&mut u.lora_rank).range(1..=256).prefix("rank "));
+                ui.add(egui::DragValue::new(&mut u.lora_rank).range(1..=256).prefix(t("rank ")));
             }
         });
         ui.end_row();
         match u.method {
             MethodChoice::Dpo => {
-                ui.label("DPO");
-                ui.add(egui::Slider::new(&mut u.dpo_beta, 0.01..=1.0).text("beta (how far from the start)"));
+                ui.label(t("DPO"));
+                ui.add(egui::Slider::new(&mut u.dpo_beta, 0.01..=1.0).text(t("beta (how far from the start)")));
                 ui.end_row();
             }
             MethodChoice::Ppo => {
-                ui.label("Judge");
+                ui.label(t("Judge"));
                 path_combo(ui, "Reward-model run", &mut u.reward_run, &reward_runs);
                 ui.end_row();
             }
             MethodChoice::Grpo => {
-                ui.label("Reward rule");
+                ui.label(t("Reward rule"));
                 ui.horizontal(|ui| {
-                    egui::ComboBox::from_label("Rule").selected_text(u.grpo_rule.clone()).show_ui(ui, |ui| {
+                    egui::ComboBox::from_label(t("Rule")).selected_text(u.grpo_rule.clone()).show_ui(ui, |ui| {
                         for r in ["exact_match", "contains", "not_contains", "regex", "numeric", "valid_json"] {
                             ui.selectable_value(&mut u.grpo_rule, r.to_string(), r);
                         }
                     });
                     if matches!(u.grpo_rule.as_str(), "contains" | "not_contains" | "regex") {
-                        let l = ui.label("Rule text");
+                        let l = ui.label(t("Rule text"));
                         ui.add(egui::TextEdit::singleline(&mut u.grpo_text).desired_width(160.0)).labelled_by(l.id);
                     }
-                    ui.add(egui::DragValue::new(&mut u.grpo_group).range(2..=64).prefix("answers per prompt "));
+                    ui.add(egui::DragValue::new(&mut u.grpo_group).range(2..=64).prefix(t("answers per prompt ")));
                 });
                 ui.end_row();
             }
             MethodChoice::Distill => {
-                ui.label("Teacher");
+                ui.label(t("Teacher"));
                 path_combo(ui, "Teacher model", &mut u.teacher, &base_options);
                 ui.end_row();
             }
             _ => {}
         }
     });
-    egui::CollapsingHeader::new("Advanced").default_open(false).show(ui, |ui| {
+    egui::CollapsingHeader::new(t("Advanced")).default_open(false).show(ui, |ui| {
         egui::Grid::new("train_advanced").num_columns(2).show(ui, |ui| {
-            ui.add(egui::DragValue::new(&mut u.warmup_steps).range(0..=100_000).prefix("warm-up steps "));
-            ui.add(egui::DragValue::new(&mut u.grad_accum).range(1..=1024).prefix("gradient accumulation "));
+            ui.add(egui::DragValue::new(&mut u.warmup_steps).range(0..=100_000).prefix(t("warm-up steps ")));
+            ui.add(egui::DragValue::new(&mut u.grad_accum).range(1..=1024).prefix(t("gradient accumulation ")));
             ui.end_row();
-            ui.add(egui::DragValue::new(&mut u.weight_decay).range(0.0..=1.0).speed(0.001).prefix("weight decay "));
-            ui.add(egui::DragValue::new(&mut u.max_grad_norm).range(0.0..=100.0).speed(0.1).prefix("clip gradients at "));
+            ui.add(egui::DragValue::new(&mut u.weight_decay).range(0.0..=1.0).speed(0.001).prefix(t("weight decay ")));
+            ui.add(egui::DragValue::new(&mut u.max_grad_norm).range(0.0..=100.0).speed(0.1).prefix(t("clip gradients at ")));
             ui.end_row();
-            ui.add(egui::DragValue::new(&mut u.validation_fraction).range(0.0..=0.5).speed(0.01).prefix("held out "));
-            ui.add(egui::DragValue::new(&mut u.eval_every).range(0..=100_000).prefix("evaluate every "));
+            ui.add(egui::DragValue::new(&mut u.validation_fraction).range(0.0..=0.5).speed(0.01).prefix(t("held out ")));
+            ui.add(egui::DragValue::new(&mut u.eval_every).range(0..=100_000).prefix(t("evaluate every ")));
             ui.end_row();
-            ui.add(egui::DragValue::new(&mut u.checkpoint_every).range(0..=100_000).prefix("checkpoint every "));
-            ui.add(egui::DragValue::new(&mut u.seed).prefix("seed "));
+            ui.add(egui::DragValue::new(&mut u.checkpoint_every).range(0..=100_000).prefix(t("checkpoint every ")));
+            ui.add(egui::DragValue::new(&mut u.seed).prefix(t("seed ")));
             ui.end_row();
-            ui.add(egui::DragValue::new(&mut u.lora_alpha).range(1.0..=512.0).prefix("LoRA alpha "));
-            egui::ComboBox::from_label("Device").selected_text(u.device.clone()).show_ui(ui, |ui| {
+            ui.add(egui::DragValue::new(&mut u.lora_alpha).range(1.0..=512.0).prefix(t("LoRA alpha ")));
+            egui::ComboBox::from_label(t("Device")).selected_text(u.device.clone()).show_ui(ui, |ui| {
                 for d in ["cpu", "wgpu", "cuda"] {
                     ui.selectable_value(&mut u.device, d.to_string(), d);
                 }
             });
             ui.end_row();
-            egui::ComboBox::from_label("Rows").selected_text(if u.split.is_empty() { "all rows".to_string() } else { format!("split = {}", u.split) }).show_ui(ui, |ui| {
+            egui::ComboBox::from_label(t("Rows")).selected_text(if u.split.is_empty() { "all rows".to_string() } else { format!("split = {}", u.split) }).show_ui(ui, |ui| {
                 ui.selectable_value(&mut u.split, String::new(), "all rows");
                 for s in ["train", "validation", "test"] {
                     ui.selectable_value(&mut u.split, s.to_string(), format!("split = {s}"));
@@ -492,7 +492,7 @@ fn form(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
         if ui.add_enabled(spec.is_ok() && !running, egui::Button::new(egui::RichText::new(t("Start training")).size(16.0))).clicked() {
             start_job(app, QueuedJob { spec: spec.clone().unwrap(), resume: None });
         }
-        if ui.add_enabled(spec.is_ok(), egui::Button::new("Add to queue")).clicked() {
+        if ui.add_enabled(spec.is_ok(), egui::Button::new(t("Add to queue"))).clicked() {
             app.train_ui.queue.push_back(QueuedJob { spec: spec.clone().unwrap(), resume: None });
             if !running {
                 let next = app.train_ui.queue.pop_front().unwrap();
@@ -503,9 +503,9 @@ fn form(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
             ui.label(format!("{} queued", app.train_ui.queue.len()));
         }
     });
-    if let Ok(t) = &toml {
-        egui::CollapsingHeader::new("Job file").default_open(false).show(ui, |ui| {
-            ui.monospace(t);
+    if let Ok(text) = &toml {
+        egui::CollapsingHeader::new(t("Job file")).default_open(false).show(ui, |ui| {
+            ui.monospace(text);
         });
     }
 }
@@ -515,7 +515,7 @@ fn monitor(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         (Some(j), _) => j,
         (None, Some(j)) => j,
         (None, None) => {
-            ui.weak("No job has run in this session yet. Past runs are on the Runs page.");
+            ui.weak(t("No job has run in this session yet. Past runs are on the Runs page."));
             return;
         }
     };
@@ -558,7 +558,7 @@ fn monitor(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 j.handle.cancel();
             }
         }
-        if resumable && ui.button("Resume from the last checkpoint").clicked() {
+        if resumable && ui.button(t("Resume from the last checkpoint")).clicked() {
             if let Some(dir) = &run_dir {
                 match JobSpec::from_file(&dir.join("job.toml")) {
                     Ok(spec) => start_job(app, QueuedJob { spec, resume: Some(dir.clone()) }),
@@ -566,7 +566,7 @@ fn monitor(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 }
             }
         }
-        ui.add(egui::Slider::new(&mut app.train_ui.smoothing, 0.0..=0.99).text("Smoothing"));
+        ui.add(egui::Slider::new(&mut app.train_ui.smoothing, 0.0..=0.99).text(t("Smoothing")));
     });
     let job = match (&app.train_ui.current, app.train_ui.history.last()) {
         (Some(j), _) => j,
