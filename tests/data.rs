@@ -217,7 +217,7 @@ fn older_workspaces_are_migrated_on_open() {
     }
     // Make it look like a workspace from before labelling existed (schema 1).
     let conn = rusqlite::Connection::open(dir.join("whetstone.db")).unwrap();
-    conn.execute_batch("DROP TABLE labels; DROP TABLE journal; DROP TABLE audit; DROP TABLE tags; DROP TABLE candidates; DROP TABLE evals; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE labels; DROP TABLE journal; DROP TABLE audit; DROP TABLE tags; DROP TABLE candidates; DROP TABLE evals; DROP TABLE votes; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let mut ws = Workspace::open(&dir).unwrap();
     assert_eq!(ws.schema_version().unwrap(), whetstone_engine::data::workspace::SCHEMA_VERSION);

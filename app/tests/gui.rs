@@ -431,3 +431,86 @@ fn a_new_workspace_folder_is_created_and_curation_tools_work() {
     settle(&mut h, "the split version", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.version == 4 && d.info.columns.iter().any(|c| c.name == "split")));
     no_errors(h.state());
 }
+
+#[test]
+fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    // The untuned demo model has random weights: its answers can be any Unicode character.
+    h.ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+    // Full fine-tuning long enough for the tiny model to learn the triage levels.
+    nav(&mut h, "Train");
+    {
+        let t = &mut h.state_mut().train_ui;
+        t.lora = false;
+        t.max_steps = 150;
+        t.lr = 3e-3;
+        t.max_seq_len = 128;
+    }
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Start training").click();
+    h.step();
+    settle(&mut h, "the SFT run", 300, |a| a.train_ui.current.is_none() && !a.train_ui.history.is_empty());
+    settle(&mut h, "the run list", 20, |a| a.runs_ui.runs.iter().any(|r| r.status == "finished"));
+    let run = h.state().runs_ui.runs[0].dir.clone();
+    let run_label = whetstone::gui::panels::data::short_path(&run);
+
+    nav(&mut h, "Evaluate");
+    h.state_mut().eval_ui.name = "triage-level".into();
+    h.state_mut().eval_ui.max_new_tokens = 16;
+    h.step();
+    h.get_by_label("models/tiny-llama").click();
+    h.step();
+    h.get_by_label(&run_label).click();
+    h.step();
+    pick(&mut h, "Reference answer", "department");
+    h.get_by_role_and_label(Role::Button, "Run evaluation").click();
+    settle(&mut h, "the evaluation", 300, |a| a.eval_ui.current.is_some() && !a.eval_ui.running);
+    let r = h.state().eval_ui.current.clone().unwrap();
+    let (base, tuned) = (&r.summary[0].metrics["contains"], &r.summary[1].metrics["contains"]);
+    assert_eq!(r.summary[0].model, "models-tiny-llama");
+    assert!(tuned.mean >= base.mean + 0.5, "measured gain: baseline {base:?}, tuned {tuned:?}");
+    assert!(tuned.lo > base.hi, "the intervals do not overlap");
+    assert_eq!(h.state().eval_ui.tab, whetstone::gui::panels::evaluate::EvalTab::Results);
+    h.get_by_label_contains("vs models-tiny-llama: +");
+    h.snapshot_options("evaluate_results", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+
+    // Blind A/B from the keyboard: the annotator prefers the tuned model's answers.
+    h.get_by_role_and_label(Role::Button, "Blind A/B").click();
+    h.step();
+    let queue = h.state().eval_ui.queue.clone();
+    assert_eq!(queue.len(), 20);
+    assert!(queue.iter().any(|q| q.1 == r.summary[1].model) && queue.iter().any(|q| q.2 == r.summary[1].model), "sides are hidden and shuffled");
+    h.get_by_label("Answer A");
+    for (_, a, _) in &queue {
+        h.key_press(if *a == r.summary[1].model { egui::Key::A } else { egui::Key::B });
+        h.step();
+    }
+    settle(&mut h, "the votes", 30, |a| a.eval_ui.votes.len() == 20);
+    let rt = h.state().eval_ui.ratings.clone().unwrap();
+    let tuned_rating = rt.ratings.iter().find(|x| x.model == r.summary[1].model).unwrap();
+    assert_eq!(tuned_rating.win_rate, 1.0);
+    assert!(tuned_rating.elo > 1000.0);
+    h.snapshot_options("evaluate_blind", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+    h.get_by_role_and_label(Role::Button, "Save votes as a preference dataset").click();
+    settle(&mut h, "the A/B preference dataset", 20, |a| a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "triage-level-ab-preferences" && d.rows == 20)));
+
+    // …which a DPO job, started from the SFT run, trains on.
+    nav(&mut h, "Train");
+    h.get_by_role_and_label(Role::Button, "Direct preference optimisation (DPO)").click();
+    h.step();
+    pick(&mut h, "Base model", &run_label);
+    pick(&mut h, "Dataset", "triage-level-ab-preferences");
+    {
+        let t = &mut h.state_mut().train_ui;
+        t.lora = true;
+        t.max_steps = 3;
+    }
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Start training").click();
+    h.step();
+    settle(&mut h, "the DPO run", 300, |a| a.train_ui.current.is_none() && a.train_ui.history.len() == 2);
+    let dpo = h.state().train_ui.history.last().unwrap();
+    assert_eq!(dpo.state, whetstone::gui::panels::train::JobState::Finished, "{:?}", log(h.state()));
+    no_errors(h.state());
+}

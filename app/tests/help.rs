@@ -6,7 +6,7 @@ fn help_lists_every_subcommand() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_whetstone")).arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["devices", "inspect", "generate", "score", "convert", "train", "export", "data", "bench"] {
+    for cmd in ["devices", "inspect", "generate", "score", "convert", "train", "export", "data", "eval", "bench"] {
         assert!(text.contains(cmd), "--help does not list `{cmd}`:\n{text}");
     }
 }

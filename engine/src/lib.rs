@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod model;

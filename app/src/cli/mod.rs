@@ -4,6 +4,7 @@ mod bench;
 mod convert;
 mod data;
 mod devices;
+mod eval;
 mod export;
 mod generate;
 mod inspect;
@@ -42,6 +43,8 @@ pub enum Command {
     Train(train::Args),
     /// Export a run: HF folder (LoRA merged with --merge) or the PEFT adapter.
     Export(export::Args),
+    /// Evaluate models on a suite (TOML); reports, blind A/B ratings, preferences.
+    Eval(eval::Args),
     /// Workspaces and datasets: import, curate, split, export, label.
     Data(data::Args),
     /// Measure speed (see docs/benchmarks.md).
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Export(a)) => export::run(a),
         Some(Command::Data(a)) => data::run(a),
+        Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Bench(a)) => bench::run(a),
     }
 }

@@ -30,10 +30,11 @@ pub enum Page {
     Models,
     Train,
     Runs,
+    Evaluate,
 }
 
 impl Page {
-    pub const ALL: [Page; 5] = [Page::Data, Page::Label, Page::Models, Page::Train, Page::Runs];
+    pub const ALL: [Page; 6] = [Page::Data, Page::Label, Page::Models, Page::Train, Page::Runs, Page::Evaluate];
     pub fn title(self) -> &'static str {
         match self {
             Page::Data => t("Data"),
@@ -41,6 +42,7 @@ impl Page {
             Page::Models => t("Models"),
             Page::Train => t("Train"),
             Page::Runs => t("Runs"),
+            Page::Evaluate => t("Evaluate"),
         }
     }
 }
@@ -141,6 +143,7 @@ pub struct WorkbenchApp {
     pub models_ui: panels::models::ModelsUi,
     pub train_ui: panels::train::TrainUi,
     pub runs_ui: panels::runs::RunsUi,
+    pub eval_ui: panels::evaluate::EvalUi,
     pub busy: Option<Busy>,
     pub log: Vec<LogLine>,
     pub show_help: bool,
@@ -199,6 +202,7 @@ impl WorkbenchApp {
             models_ui: Default::default(),
             train_ui: Default::default(),
             runs_ui: Default::default(),
+            eval_ui: Default::default(),
             busy: None,
             log: Vec::new(),
             show_help: false,
@@ -353,6 +357,28 @@ impl WorkbenchApp {
                 self.label_ui.pair_cursor = 0;
             }
             Reply::Runs(r) => self.runs_ui.runs = r,
+            Reply::Evals(l) => self.eval_ui.listings = l,
+            Reply::Eval(r, votes, ratings) => {
+                let annotator = self.settings.annotator.clone();
+                self.eval_ui.queue = whetstone_engine::eval::suite::ab_queue(&r, &votes, &annotator, 0);
+                self.eval_ui.cursor = 0;
+                if self.eval_ui.running {
+                    self.eval_ui.running = false;
+                    self.eval_ui.tab = panels::evaluate::EvalTab::Results;
+                }
+                self.eval_ui.current = Some(r);
+                self.eval_ui.votes = votes;
+                self.eval_ui.ratings = Some(*ratings);
+                self.data(DataCmd::ListEvals);
+            }
+            Reply::Votes(votes, ratings) => {
+                self.eval_ui.votes = votes;
+                self.eval_ui.ratings = Some(*ratings);
+            }
+            Reply::EvalFailed(e) => {
+                self.eval_ui.running = false;
+                self.error(e);
+            }
             Reply::ModelInfo(p, r) => {
                 if let Err(e) = &r {
                     self.error(e.clone());
@@ -397,7 +423,7 @@ impl WorkbenchApp {
         if ui.input_mut(|i| i.consume_shortcut(&IMPORT)) {
             self.pick_import();
         }
-        for (n, key) in [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4, egui::Key::Num5].into_iter().enumerate() {
+        for (n, key) in [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4, egui::Key::Num5, egui::Key::Num6].into_iter().enumerate() {
             if ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, key)) {
                 self.settings.page = Page::ALL[n];
             }
@@ -498,8 +524,11 @@ impl WorkbenchApp {
             let b = egui::Button::selectable(self.settings.page == p, p.title()).min_size(egui::vec2(ui.available_width(), 28.0));
             if ui.add(b).on_hover_text(format!("Ctrl+{}", i + 1)).clicked() {
                 self.settings.page = p;
-                if p == Page::Runs {
+                if p == Page::Runs || p == Page::Evaluate {
                     self.data(DataCmd::ListRuns);
+                }
+                if p == Page::Evaluate {
+                    self.data(DataCmd::ListEvals);
                 }
             }
         }
@@ -560,13 +589,13 @@ impl WorkbenchApp {
                     ("Ctrl+O", "Open or create a workspace"),
                     ("Ctrl+I", "Import a dataset (or drop files on the window)"),
                     ("Ctrl+Z / Ctrl+Shift+Z", "Undo / redo the last label"),
-                    ("Ctrl+1 … Ctrl+5", "Data, Label, Models, Train, Runs"),
+                    ("Ctrl+1 … Ctrl+6", "Data, Label, Models, Train, Runs, Evaluate"),
                     ("F1", "This list"),
                     ("Label page: A / R / F", "Accept / reject / flag"),
                     ("Label page: 1 … 5", "Rate"),
                     ("Label page: E", "Edit the response"),
                     ("Label page: J / K or arrows", "Next / previous record"),
-                    ("Pairs: A / B / T / X", "A better / B better / tie / both bad"),
+                    ("Pairs and blind A/B: A / B / T / X", "A better / B better / tie / both bad"),
                 ] {
                     ui.monospace(k);
                     ui.label(what);
@@ -598,6 +627,7 @@ impl WorkbenchApp {
             Page::Models => panels::models::ui(self, ui),
             Page::Train => panels::train::ui(self, ui),
             Page::Runs => panels::runs::ui(self, ui),
+            Page::Evaluate => panels::evaluate::ui(self, ui),
         }
     }
 }
@@ -664,7 +694,7 @@ impl eframe::App for WorkbenchApp {
             }
         }
         let job_running = self.train_ui.current.as_ref().is_some_and(|j| j.is_running());
-        if job_running || self.busy.is_some() || self.models_ui.generating.is_some() {
+        if job_running || self.busy.is_some() || self.models_ui.generating.is_some() || self.eval_ui.running {
             ui.ctx().request_repaint_after(Duration::from_millis(100));
         }
         let ms = started.elapsed().as_secs_f64() * 1e3;

@@ -13,6 +13,8 @@ use serde_json::Value;
 use whetstone_engine::data::curate::{self, DupGroup, LabelSummary, PiiHit, Query, SplitFractions, TokenStats};
 use whetstone_engine::data::labels::AuditEntry;
 use whetstone_engine::data::{Table, VersionInfo, Workspace};
+use whetstone_engine::eval::ratings::Ratings;
+use whetstone_engine::eval::suite::{EvalListing, EvalResult, SuiteSpec, Vote, vote_ratings};
 use whetstone_engine::generate::{GenerateOptions, generate};
 use whetstone_engine::model::{LoadedModel, ModelInfo};
 use whetstone_engine::train::job::{EvalRecord, JobEvent, StepRecord, read_metrics};
@@ -41,12 +43,19 @@ pub enum DataCmd {
     Export { dataset: String, out: PathBuf, shape: String },
     ListRuns,
     ExportRun { run: PathBuf, out: PathBuf, merge: bool },
+    ListEvals,
+    LoadEval { id: String },
+    Vote { eval_id: String, item: String, model_a: String, model_b: String, verdict: String, annotator: String },
+    UndoVote { eval_id: String, annotator: String },
+    VotesToPreferences { eval_id: String },
+    EvalReport { id: String, out: PathBuf },
 }
 
 pub enum ModelCmd {
     Info(PathBuf),
     Generate { model: PathBuf, prompt: String, opts: GenerateOptions, cancel: Arc<AtomicBool> },
     Draft { workspace: PathBuf, dataset: String, model: PathBuf, k: usize, limit: Option<usize>, opts: GenerateOptions },
+    RunEval { spec: Box<SuiteSpec>, workspace: PathBuf },
 }
 
 /// A pair waiting for a verdict, with its texts.
@@ -86,6 +95,11 @@ pub enum Reply {
     TokenStats(TokenStats),
     Pairs(Vec<PairItem>),
     Runs(Vec<RunSummary>),
+    Evals(Vec<EvalListing>),
+    /// An evaluation opened (or just run), its votes and ratings.
+    Eval(Box<EvalResult>, Vec<Vote>, Box<Ratings>),
+    Votes(Vec<Vote>, Box<Ratings>),
+    EvalFailed(String),
     ModelInfo(PathBuf, Result<ModelInfo, String>),
     ChatDelta(String),
     ChatDone(Result<String, String>),
@@ -316,6 +330,36 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             let root = ws(st)?.root().join("runs");
             out.send(Reply::Runs(list_runs(&root)?));
         }
+        DataCmd::ListEvals => out.send(Reply::Evals(ws(st)?.evals()?)),
+        DataCmd::LoadEval { id } => {
+            let w = ws(st)?;
+            let r = w.load_eval(&id)?;
+            let votes = w.votes(&id)?;
+            let ratings = vote_ratings(&r, &votes, 500, 0);
+            out.send(Reply::Eval(Box::new(r), votes, Box::new(ratings)));
+        }
+        DataCmd::Vote { eval_id, item, model_a, model_b, verdict, annotator } => {
+            let w = ws(st)?;
+            w.add_vote(&eval_id, &item, &model_a, &model_b, &verdict, &annotator)?;
+            send_votes(w, &eval_id, out)?;
+        }
+        DataCmd::UndoVote { eval_id, annotator } => {
+            let w = ws(st)?;
+            w.undo_vote(&eval_id, &annotator)?;
+            send_votes(w, &eval_id, out)?;
+        }
+        DataCmd::VotesToPreferences { eval_id } => {
+            let v = ws(st)?.votes_to_preferences(&eval_id)?;
+            out.send(Reply::Info(format!("{} preference pairs saved as {} version {}", v.rows, v.dataset, v.version)));
+            send_workspace(st, out)?;
+        }
+        DataCmd::EvalReport { id, out: path } => {
+            let w = ws(st)?;
+            let r = w.load_eval(&id)?;
+            let ratings = vote_ratings(&r, &w.votes(&id)?, 1000, 0);
+            whetstone_engine::eval::report::write(&r, Some(&ratings), &path)?;
+            out.send(Reply::Info(format!("Wrote the report {}", path.display())));
+        }
         DataCmd::ExportRun { run, out: dir, merge } => {
             progress(out, "Exporting the model");
             let kind = whetstone_engine::train::job::export_run(&run, &dir, merge, whetstone_engine::io::safetensors::SaveDtype::F32)?;
@@ -323,6 +367,14 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             out.send(Reply::Info(format!("Exported {kind:?} to {}", dir.display())));
         }
     }
+    Ok(())
+}
+
+fn send_votes(w: &Workspace, eval_id: &str, out: &Out) -> Result<()> {
+    let r = w.load_eval(eval_id)?;
+    let votes = w.votes(eval_id)?;
+    let ratings = vote_ratings(&r, &votes, 500, 0);
+    out.send(Reply::Votes(votes, Box::new(ratings)));
     Ok(())
 }
 
@@ -391,6 +443,27 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
                     Ok(format!("{} tokens, {:.1} tokens/s", g.generated_ids.len(), g.tokens_per_second))
                 })();
                 out.send(Reply::ChatDone(r.map_err(|e| format!("{e:#}"))));
+            }
+            ModelCmd::RunEval { spec, workspace } => {
+                let r = (|| -> Result<(EvalResult, Vec<Vote>)> {
+                    let o = out.clone();
+                    let r = whetstone_engine::eval::suite::run_suite(&spec, &device, &mut |done, total| {
+                        o.send(Reply::Progress { what: "Evaluating".into(), done, total });
+                        true
+                    })?;
+                    let mut ws = Workspace::open(&workspace)?;
+                    ws.save_eval(&r)?;
+                    Ok((r, Vec::new()))
+                })();
+                out.send(Reply::ProgressDone);
+                match r {
+                    Ok((r, votes)) => {
+                        let ratings = vote_ratings(&r, &votes, 0, 0);
+                        out.send(Reply::Info(format!("Evaluation {} stored", r.id)));
+                        out.send(Reply::Eval(Box::new(r), votes, Box::new(ratings)));
+                    }
+                    Err(e) => out.send(Reply::EvalFailed(format!("{e:#}"))),
+                }
             }
             ModelCmd::Draft { workspace, dataset, model, k, limit, opts } => {
                 let r = (|| -> Result<usize> {

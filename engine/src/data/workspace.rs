@@ -101,6 +101,18 @@ const MIGRATIONS: &[&str] = &[
         file TEXT NOT NULL,
         created_at TEXT NOT NULL
     );",
+    // 4: blind A/B verdicts on evaluation outputs.
+    "CREATE TABLE votes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        eval_id TEXT NOT NULL,
+        item TEXT NOT NULL,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        annotator TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX votes_by_eval ON votes (eval_id);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

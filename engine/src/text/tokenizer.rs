@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::io::gguf::{GgufFile, Value as GValue};
 use crate::text::chat_template::ChatTemplate;
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Prepend `bos_id` when encoding with special tokens (GGUF `add_bos_token`).

@@ -276,6 +276,22 @@ pub struct JobSpec {
     /// Run id (default: method + time).
     #[serde(default)]
     pub name: Option<String>,
+    /// Evaluate a suite (`whetstone eval` TOML) on the model being trained every N steps, so
+    /// its accuracy curve appears live (SFT).
+    #[serde(default)]
+    pub eval_suite: Option<SuiteHook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteHook {
+    pub suite: PathBuf,
+    #[serde(default = "default_suite_every")]
+    pub every: usize,
+}
+
+fn default_suite_every() -> usize {
+    50
 }
 
 fn default_device() -> String {
@@ -303,6 +319,9 @@ impl JobSpec {
         }
         if let Some(r) = spec.grpo.as_mut().and_then(|g| g.reward_model.as_mut()) {
             paths.push(r);
+        }
+        if let Some(h) = spec.eval_suite.as_mut() {
+            paths.push(&mut h.suite);
         }
 
         for p in paths {
@@ -347,6 +366,14 @@ impl JobSpec {
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("train.lr must be a positive number");
+        }
+        if self.eval_suite.is_some() && self.method != Method::Sft {
+            bail!("eval_suite runs inside SFT jobs; evaluate other runs with `whetstone eval`");
+        }
+        if let Some(h) = &self.eval_suite {
+            if !h.suite.exists() {
+                bail!("eval_suite.suite not found: {}", h.suite.display());
+            }
         }
         if !(0.0..1.0).contains(&self.dataset.validation_fraction) {
             bail!("dataset.validation_fraction must be in [0, 1)");
@@ -408,6 +435,8 @@ pub struct StepRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub step: usize,
+    /// NaN (written as null) for an evaluation without a held-out loss, e.g. a suite.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub eval_loss: f64,
     /// SFT: exp(eval loss) and next-token accuracy on the held-out split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +578,10 @@ pub(crate) fn model_hash(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Saved progress: which step finished, and where in the data it was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -654,6 +687,14 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
     let steps_per_epoch = train_idx.len().div_ceil(per_step);
     let total_steps = if t_cfg.max_steps > 0 { t_cfg.max_steps } else { steps_per_epoch * t_cfg.epochs };
 
+    let suite_hook = match &spec.eval_suite {
+        Some(h) => {
+            let suite = crate::eval::suite::SuiteSpec::from_file(&h.suite)?;
+            let (items, _) = crate::eval::suite::load_items(&suite)?;
+            Some((h.every.max(1), suite, items))
+        }
+        None => None,
+    };
     let model = lm.model.clone();
     let model = match &spec.lora {
         Some(l) => model.with_lora(l, spec.seed)?,
@@ -773,6 +814,21 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
                 let e = evaluate(&trainer, &encoded, &eval_idx, t_cfg.batch_size, pad, &device, state.step)?;
                 sink.emit(JobEvent::Eval(e.clone()));
                 last_eval = Some(e);
+            }
+            if let Some((every, suite, items)) = &suite_hook {
+                if done || state.step % every == 0 {
+                    let view = crate::model::LoadedModel {
+                        config: config.clone(),
+                        tokenizer: lm.tokenizer.clone(),
+                        model: trainer.model.without_autodiff(),
+                        device: device.clone(),
+                        source: spec.model.clone(),
+                        format: lm.format,
+                        generation_eos: lm.generation_eos.clone(),
+                    };
+                    let metrics = crate::eval::suite::quick_scores(suite, items, &view)?;
+                    sink.emit(JobEvent::Eval(EvalRecord { step: state.step, eval_loss: f64::NAN, perplexity: None, token_accuracy: None, metrics }));
+                }
             }
             if done || (t_cfg.checkpoint_every > 0 && state.step % t_cfg.checkpoint_every == 0) {
                 let p = write_checkpoint(&run_dir, &trainer, &state)?;

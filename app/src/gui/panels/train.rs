@@ -124,6 +124,9 @@ pub struct TrainUi {
     pub grpo_rule: String,
     pub grpo_text: String,
     pub teacher: Option<PathBuf>,
+    /// A saved evaluation suite to score every `suite_every` steps (SFT).
+    pub suite: Option<PathBuf>,
+    pub suite_every: usize,
     pub queue: VecDeque<QueuedJob>,
     pub current: Option<RunningJob>,
     pub history: Vec<RunningJob>,
@@ -162,6 +165,8 @@ impl Default for TrainUi {
             grpo_rule: "contains".into(),
             grpo_text: String::new(),
             teacher: None,
+            suite: None,
+            suite_every: 10,
             queue: VecDeque::new(),
             current: None,
             history: Vec::new(),
@@ -223,6 +228,9 @@ pub fn job_toml(u: &TrainUi, workspace: &std::path::Path) -> Result<String, Stri
     );
     if u.lora {
         s += &format!("\n[lora]\nrank = {}\nalpha = {}\n", u.lora_rank, u.lora_alpha);
+    }
+    if let (Some(suite), MethodChoice::Sft) = (&u.suite, u.method) {
+        s += &format!("\n[eval_suite]\nsuite = {}\nevery = {}\n", toml_str(suite), u.suite_every.max(1));
     }
     match u.method {
         MethodChoice::Dpo => s += &format!("\n[dpo]\nbeta = {}\n", u.dpo_beta),
@@ -465,6 +473,22 @@ fn form(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
                 }
             });
             ui.end_row();
+            if u.method == MethodChoice::Sft {
+                egui::ComboBox::from_label(t("Evaluate suite during training"))
+                    .selected_text(u.suite.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "(none)".into()))
+                    .show_ui(ui, |ui| {
+                        ui.selectable_value(&mut u.suite, None, "(none)");
+                        let dir = ws_root.join("suites");
+                        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect()).unwrap_or_default();
+                        files.sort();
+                        for f in files {
+                            let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                            ui.selectable_value(&mut u.suite, Some(f), name);
+                        }
+                    });
+                ui.add(egui::DragValue::new(&mut u.suite_every).range(1..=100_000).prefix(t("every N steps: ")));
+                ui.end_row();
+            }
             egui::ComboBox::from_label(t("Rows")).selected_text(if u.split.is_empty() { "all rows".to_string() } else { format!("split = {}", u.split) }).show_ui(ui, |ui| {
                 ui.selectable_value(&mut u.split, String::new(), "all rows");
                 for s in ["train", "validation", "test"] {
@@ -580,8 +604,9 @@ fn monitor(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 pub fn step_charts(ui: &mut egui::Ui, id: &str, steps: &[StepRecord], evals: &[EvalRecord], smoothing: f64) {
     let pts = |f: &dyn Fn(&StepRecord) -> f64| -> Vec<[f64; 2]> { steps.iter().map(|s| [s.step as f64, f(s)]).filter(|p| p[1].is_finite()).collect() };
     let mut loss = vec![Series { name: "train loss".into(), points: pts(&|s| s.loss) }];
-    if !evals.is_empty() {
-        loss.push(Series { name: "eval loss".into(), points: evals.iter().map(|e| [e.step as f64, e.eval_loss]).collect() });
+    let eval_loss: Vec<[f64; 2]> = evals.iter().map(|e| [e.step as f64, e.eval_loss]).filter(|p| p[1].is_finite()).collect();
+    if !eval_loss.is_empty() {
+        loss.push(Series { name: "eval loss".into(), points: eval_loss });
     }
     let half = (ui.available_width() / 2.0 - 8.0).max(200.0);
     let h = 180.0;
@@ -598,6 +623,14 @@ pub fn step_charts(ui: &mut egui::Ui, id: &str, steps: &[StepRecord], evals: &[E
     for k in keys.iter().filter(|k| !k.ends_with("_seconds") && !matches!(k.as_str(), "loss" | "grad_norm" | "lr")).take(8) {
         let p: Vec<[f64; 2]> = steps.iter().filter_map(|s| s.metrics.get(k).map(|v| [s.step as f64, *v])).filter(|p| p[1].is_finite()).collect();
         charts.push((k.clone(), vec![Series { name: k.clone(), points: p }]));
+    }
+    // Held-out metrics (eval split, evaluation suites) by name.
+    let mut eval_keys: Vec<String> = evals.iter().flat_map(|e| e.metrics.keys().cloned()).collect();
+    eval_keys.sort();
+    eval_keys.dedup();
+    for k in eval_keys.iter().take(6) {
+        let p: Vec<[f64; 2]> = evals.iter().filter_map(|e| e.metrics.get(k).map(|v| [e.step as f64, *v])).filter(|p| p[1].is_finite()).collect();
+        charts.push((format!("held out: {k}"), vec![Series { name: k.clone(), points: p }]));
     }
     for pair in charts.chunks(2) {
         ui.horizontal(|ui| {
