@@ -189,7 +189,7 @@ fn pairwise_verdicts_become_a_preference_dataset() {
     settle(&mut h, "the pairs dataset", 20, |a| a.dataset_name().as_deref() == Some("clinic-triage-pairs"));
     nav(&mut h, "Label");
     h.get_by_role_and_label(Role::Button, "Pairs").click();
-    settle(&mut h, "the pair queue", 20, |a| a.label_ui.pairs.len() == 8);
+    settle(&mut h, "the pair queue", 20, |a| a.label_ui.pairs.len() == 10);
     h.get_by_label("Answer A");
     let second = h.state().label_ui.pairs[1].clone();
     h.key_press(egui::Key::A);
@@ -198,10 +198,11 @@ fn pairwise_verdicts_become_a_preference_dataset() {
     h.step();
     assert_eq!(h.state().label_ui.pair_cursor, 2);
     h.snapshot("pairs_page");
-    for _ in 0..6 {
+    for _ in 0..8 {
         h.key_press(egui::Key::T);
         h.step();
     }
+    assert_eq!(h.state().label_ui.pair_cursor, 10, "ten pairs judged from the keyboard");
     h.get_by_role_and_label(Role::Button, "Save preferences as a dataset").click();
     settle(&mut h, "the preference dataset", 20, |a| a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "clinic-triage-pairs-preferences")));
     let ws = Workspace::open(&h.state().ws.as_ref().unwrap().root).unwrap();
@@ -212,11 +213,12 @@ fn pairwise_verdicts_become_a_preference_dataset() {
     assert_eq!(t.record(1).unwrap()["rejected"], second.a_text.as_str());
     // Sides are shuffled per record, so the data's column order does not show which is better.
     let swapped = h.state().label_ui.pairs.iter().filter(|p| p.a.ends_with("rejected")).count();
-    assert!(swapped > 0 && swapped < 8, "{swapped} of 8 pairs show the rejected answer first");
+    assert!(swapped > 0 && swapped < 10, "{swapped} of 10 pairs show the rejected answer first");
 }
 
 fn start_sft(h: &mut Harness<'static, WorkbenchApp>, max_steps: usize) {
     nav(h, "Train");
+    settle(h, "the memory estimate", 20, |a| a.train_ui.has_estimate());
     {
         let app = h.state_mut();
         assert!(app.train_ui.model.as_ref().is_some_and(|m| m.ends_with("models/tiny-llama")));
@@ -228,6 +230,7 @@ fn start_sft(h: &mut Harness<'static, WorkbenchApp>, max_steps: usize) {
     h.step();
     h.get_by_role_and_label(Role::Button, "Start training").click();
     h.step();
+    assert!(h.state().train_ui.current.is_some(), "the job did not start: {:?}", log(h.state()));
 }
 
 #[test]

@@ -149,7 +149,6 @@ pub struct WorkbenchApp {
     pub show_help: bool,
     pub frame_stats: FrameStats,
     tree: egui_tiles::Tree<Pane>,
-    ctx: egui::Context,
 }
 
 const UNDO: egui::KeyboardShortcut = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::Z);
@@ -208,7 +207,6 @@ impl WorkbenchApp {
             show_help: false,
             frame_stats: FrameStats::default(),
             tree,
-            ctx: ctx.clone(),
             settings,
         };
         let target = start.workspace.clone().or_else(|| app.settings.workspace.clone().filter(|p| p.join("whetstone.toml").exists()));
@@ -284,18 +282,16 @@ impl WorkbenchApp {
 
     fn handle_reply(&mut self, r: Reply) {
         match r {
-            Reply::Workspace { root, name, datasets } => {
+            Reply::Workspace { root, name, datasets, default_model } => {
                 self.settings.workspace = Some(root.clone());
-                let first = datasets.first().map(|d| d.dataset.clone());
-                let keep = self.ds.as_ref().map(|d| d.info.dataset.clone()).filter(|n| datasets.iter().any(|d| &d.dataset == n));
-                self.ws = Some(WorkspaceView { root: root.clone(), name, datasets });
-                if let Ok(cfg) = whetstone_engine::data::Workspace::open(&root).map(|w| w.config) {
-                    if let Some(m) = cfg.default_model {
-                        if !self.settings.models.contains(&m) && m.exists() {
-                            self.settings.models.push(m);
-                        }
+                if let Some(m) = default_model {
+                    if !self.settings.models.contains(&m) {
+                        self.settings.models.push(m);
                     }
                 }
+                let first = datasets.first().map(|d| d.dataset.clone());
+                let keep = self.ds.as_ref().map(|d| d.info.dataset.clone()).filter(|n| datasets.iter().any(|d| &d.dataset == n));
+                self.ws = Some(WorkspaceView { root, name, datasets });
                 if keep.is_none() {
                     self.ds = None;
                     if let Some(f) = first {
@@ -379,6 +375,7 @@ impl WorkbenchApp {
                 self.eval_ui.running = false;
                 self.error(e);
             }
+            Reply::Estimate(key, r) => self.train_ui.set_estimate(key, r),
             Reply::ModelInfo(p, r) => {
                 if let Err(e) = &r {
                     self.error(e.clone());
@@ -717,7 +714,6 @@ impl Drop for WorkbenchApp {
         if let Some(j) = &self.train_ui.current {
             j.handle.cancel();
         }
-        let _ = &self.ctx;
     }
 }
 

@@ -56,6 +56,29 @@ pub enum ModelCmd {
     Generate { model: PathBuf, prompt: String, opts: GenerateOptions, cancel: Arc<AtomicBool> },
     Draft { workspace: PathBuf, dataset: String, model: PathBuf, k: usize, limit: Option<usize>, opts: GenerateOptions },
     RunEval { spec: Box<SuiteSpec>, workspace: PathBuf },
+    Estimate(EstimateKey),
+}
+
+/// What a memory estimate depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EstimateKey {
+    pub model: PathBuf,
+    pub lora_rank: Option<usize>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+fn estimate(k: &EstimateKey) -> Result<(String, usize)> {
+    let cfg = whetstone_engine::model::read_config(&k.model)?;
+    let trainable = match k.lora_rank {
+        Some(rank) => {
+            let l = whetstone_engine::model::lora::LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() };
+            whetstone_engine::train::memory::lora_params(&cfg, &l)?
+        }
+        None => cfg.num_params(),
+    };
+    let m = whetstone_engine::train::memory::MemoryEstimate::training(&cfg, trainable, k.batch, k.seq);
+    Ok((m.describe(), cfg.num_params()))
 }
 
 /// A pair waiting for a verdict, with its texts.
@@ -82,7 +105,9 @@ pub struct RunSummary {
 }
 
 pub enum Reply {
-    Workspace { root: PathBuf, name: String, datasets: Vec<VersionInfo> },
+    Workspace { root: PathBuf, name: String, datasets: Vec<VersionInfo>, default_model: Option<PathBuf> },
+    /// Memory estimate (and parameter count) for a training form's settings.
+    Estimate(EstimateKey, Result<(String, usize), String>),
     Dataset { info: VersionInfo, versions: Vec<VersionInfo>, table: Arc<Table>, labels: HashMap<String, BTreeMap<String, Value>>, summaries: HashMap<String, LabelSummary>, tags: Vec<String> },
     /// The workspace's dataset list changed (import, new version).
     Datasets(Vec<VersionInfo>),
@@ -160,7 +185,8 @@ fn ws(st: &mut DataState) -> Result<&mut Workspace> {
 
 fn send_workspace(st: &mut DataState, out: &Out) -> Result<()> {
     let w = ws(st)?;
-    out.send(Reply::Workspace { root: w.root().to_path_buf(), name: w.config.name.clone(), datasets: w.datasets()? });
+    let default_model = w.config.default_model.clone().filter(|m| m.exists());
+    out.send(Reply::Workspace { root: w.root().to_path_buf(), name: w.config.name.clone(), datasets: w.datasets()?, default_model });
     Ok(())
 }
 
@@ -443,6 +469,10 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
                     Ok(format!("{} tokens, {:.1} tokens/s", g.generated_ids.len(), g.tokens_per_second))
                 })();
                 out.send(Reply::ChatDone(r.map_err(|e| format!("{e:#}"))));
+            }
+            ModelCmd::Estimate(k) => {
+                let r = estimate(&k).map_err(|e| format!("{e:#}"));
+                out.send(Reply::Estimate(k, r));
             }
             ModelCmd::RunEval { spec, workspace } => {
                 let r = (|| -> Result<(EvalResult, Vec<Vote>)> {

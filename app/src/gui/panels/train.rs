@@ -13,7 +13,7 @@ use whetstone_engine::train::job::{EvalRecord, JobEvent, JobHandle, JobSpec, Run
 use crate::gui::charts::{Series, lines};
 use crate::gui::i18n::t;
 use crate::gui::panels::data::short_path;
-use crate::gui::worker::DataCmd;
+use crate::gui::worker::{DataCmd, EstimateKey, ModelCmd};
 use crate::gui::WorkbenchApp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,8 @@ pub struct TrainUi {
     pub history: Vec<RunningJob>,
     pub smoothing: f64,
     pub form_error: Option<String>,
-    estimate: Option<(String, String)>,
+    estimate: Option<Result<(String, usize), String>>,
+    asked: Option<EstimateKey>,
 }
 
 impl Default for TrainUi {
@@ -173,6 +174,7 @@ impl Default for TrainUi {
             smoothing: 0.6,
             form_error: None,
             estimate: None,
+            asked: None,
         }
     }
 }
@@ -191,9 +193,8 @@ pub fn fmt_secs(s: f64) -> String {
 /// "ETA 1m 20s" from the steps so far.
 pub fn eta(j: &RunningJob) -> String {
     match (j.steps.first(), j.steps.last()) {
-        (Some(first), Some(last)) if last.step > j.start_step => {
-            let per = last.elapsed_seconds.max(1e-9) / (last.step - j.start_step) as f64;
-            let _ = first;
+        (Some(first), Some(last)) if last.step > first.step => {
+            let per = (last.elapsed_seconds - first.elapsed_seconds).max(1e-9) / (last.step - first.step) as f64;
             format!("ETA {}", fmt_secs(per * j.total_steps.saturating_sub(last.step) as f64))
         }
         _ => "ETA …".into(),
@@ -319,25 +320,31 @@ pub fn poll_jobs(app: &mut WorkbenchApp) {
     }
 }
 
-fn estimate(app: &mut WorkbenchApp) -> Option<(String, String)> {
-    let u = &app.train_ui;
-    let model = u.model.as_ref()?;
-    let cfg = whetstone_engine::model::read_config(model).ok()?;
-    let trainable = if u.lora {
-        let l = whetstone_engine::model::lora::LoraConfig { rank: u.lora_rank, alpha: u.lora_alpha, ..Default::default() };
-        whetstone_engine::train::memory::lora_params(&cfg, &l).ok()?
-    } else {
-        cfg.num_params()
-    };
-    let m = whetstone_engine::train::memory::MemoryEstimate::training(&cfg, trainable, u.batch_size, u.max_seq_len);
-    let rows = app.ws.as_ref()?.datasets.iter().find(|d| Some(&d.dataset) == u.dataset.as_ref())?.rows;
+impl TrainUi {
+    fn estimate_key(&self) -> Option<EstimateKey> {
+        Some(EstimateKey { model: self.model.clone()?, lora_rank: self.lora.then_some(self.lora_rank), batch: self.batch_size, seq: self.max_seq_len })
+    }
+
+    pub fn has_estimate(&self) -> bool {
+        self.estimate.is_some()
+    }
+
+    /// A memory estimate came back from the model thread.
+    pub fn set_estimate(&mut self, key: EstimateKey, r: Result<(String, usize), String>) {
+        if self.asked.as_ref() == Some(&key) {
+            self.estimate = Some(r);
+        }
+    }
+}
+
+/// Steps, and a rough CPU time from the model's size: SmolLM2-135M measured ~120 tokens/s
+/// full and ~166 LoRA at 4×256 (docs/benchmarks.md), scaled by parameter count.
+fn time_estimate(u: &TrainUi, rows: usize, params: usize) -> String {
     let per_step = u.batch_size * u.grad_accum;
     let steps = if u.max_steps > 0 { u.max_steps } else { (rows * u.epochs).div_ceil(per_step.max(1)) };
-    // CPU throughput measured for SmolLM2-135M (docs/benchmarks.md: ~111 tokens/s full, ~126 LoRA
-    // at 4×256), scaled by parameter count. A rough guide; the run shows the real ETA.
-    let tps = (if u.lora { 126.0 } else { 111.0 }) * 135e6 / cfg.num_params().max(1) as f64;
+    let tps = (if u.lora { 166.0 } else { 120.0 }) * 135e6 / params.max(1) as f64;
     let tokens = steps as f64 * per_step as f64 * (u.max_seq_len as f64 * 0.5);
-    Some((m.describe(), format!("{steps} steps · roughly {} on CPU (the run shows the real ETA)", fmt_secs(tokens / tps))))
+    format!("{steps} steps · roughly {} on CPU (the run shows the real ETA)", fmt_secs(tokens / tps))
 }
 
 pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
@@ -365,7 +372,6 @@ fn form(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
     let finished_runs: Vec<PathBuf> = app.runs_ui.runs.iter().filter(|r| r.status == "finished").map(|r| r.dir.clone()).collect();
     let reward_runs: Vec<PathBuf> = app.runs_ui.runs.iter().filter(|r| r.status == "finished" && r.job_toml.contains("method = \"reward\"")).map(|r| r.dir.clone()).collect();
     let datasets: Vec<String> = app.ws.as_ref().map(|w| w.datasets.iter().map(|d| d.dataset.clone()).collect()).unwrap_or_default();
-    let before = (app.train_ui.model.clone(), app.train_ui.batch_size, app.train_ui.max_seq_len, app.train_ui.lora, app.train_ui.lora_rank, app.train_ui.dataset.clone(), app.train_ui.epochs, app.train_ui.max_steps);
     let u = &mut app.train_ui;
     if u.model.is_none() {
         u.model = models.first().cloned();
@@ -498,13 +504,27 @@ fn form(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
             ui.end_row();
         });
     });
-    let after = (app.train_ui.model.clone(), app.train_ui.batch_size, app.train_ui.max_seq_len, app.train_ui.lora, app.train_ui.lora_rank, app.train_ui.dataset.clone(), app.train_ui.epochs, app.train_ui.max_steps);
-    if before != after || app.train_ui.estimate.is_none() {
-        app.train_ui.estimate = estimate(app).or(Some(("(choose a model and a dataset)".into(), String::new())));
+    // The estimate is computed on the model thread whenever what it depends on changes.
+    let key = app.train_ui.estimate_key();
+    if key.is_some() && key != app.train_ui.asked {
+        // The previous estimate stays on screen until the new one arrives (no layout jumps).
+        app.train_ui.asked = key.clone();
+        app.model(ModelCmd::Estimate(key.unwrap()));
     }
-    if let Some((mem, time)) = &app.train_ui.estimate {
-        ui.label(format!("Estimated memory: {mem}"));
-        ui.label(time);
+    let rows = app.ws.as_ref().and_then(|w| w.datasets.iter().find(|d| Some(&d.dataset) == app.train_ui.dataset.as_ref())).map_or(0, |d| d.rows);
+    match &app.train_ui.estimate {
+        Some(Ok((mem, params))) => {
+            ui.label(format!("Estimated memory: {mem}"));
+            ui.label(time_estimate(&app.train_ui, rows, *params));
+        }
+        Some(Err(e)) => {
+            ui.colored_label(ui.visuals().warn_fg_color, format!("No estimate: {e}"));
+            ui.label("");
+        }
+        None => {
+            ui.weak("Estimated memory: …");
+            ui.weak("Estimating the time…");
+        }
     }
     let toml = job_toml(&app.train_ui, ws_root);
     let spec = toml.clone().and_then(|t| JobSpec::from_toml(&t).map_err(|e| format!("{e:#}")));
