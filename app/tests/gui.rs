@@ -517,3 +517,36 @@ fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
     assert_eq!(dpo.state, whetstone::gui::panels::train::JobState::Finished, "{:?}", log(h.state()));
     no_errors(h.state());
 }
+
+#[test]
+fn a_million_row_table_scrolls_without_slow_frames() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("big.csv");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
+        writeln!(w, "question,answer").unwrap();
+        for i in 0..1_000_000 {
+            writeln!(w, "\"Patient {i}: cough, fever?\",Routine advice {i}").unwrap();
+        }
+    }
+    let mut h = harness(StartOptions { workspace: Some(tmp.path().join("ws")), demo_dir: None });
+    settle(&mut h, "the workspace", 20, |a| a.ws.is_some());
+    h.state_mut().data(whetstone::gui::worker::DataCmd::Import { path: csv, name: Some("big".into()) });
+    settle(&mut h, "the million rows", 120, |a| a.ds.as_ref().is_some_and(|d| d.table.height() == 1_000_000));
+    h.get_by_role_and_label(Role::Button, "Keep the guesses").click();
+    h.step();
+    h.get_by_label("1000000 of 1000000 rows");
+    // Scroll the table with the mouse wheel and time every frame.
+    h.get_by_label("Patient 0: cough, fever?").hover();
+    let mut worst = 0.0f64;
+    for _ in 0..30 {
+        h.event(egui::Event::MouseWheel { unit: egui::MouseWheelUnit::Page, delta: egui::vec2(0.0, -20.0), modifiers: egui::Modifiers::NONE, phase: egui::TouchPhase::Move, source: egui::MouseWheelSource::Unknown });
+        let t0 = Instant::now();
+        h.step();
+        worst = worst.max(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    assert!(h.query_by_label("Patient 0: cough, fever?").is_none(), "the table scrolled");
+    eprintln!("slowest frame while scrolling 1 M rows: {worst:.1} ms");
+    assert!(worst < 150.0, "slowest frame while scrolling 1 M rows: {worst:.0} ms");
+}

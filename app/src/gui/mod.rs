@@ -305,8 +305,7 @@ impl WorkbenchApp {
                     w.datasets = d;
                 }
             }
-            Reply::Dataset { info, versions, table, labels, summaries, tags } => {
-                let ids = table.ids().unwrap_or_default();
+            Reply::Dataset { info, versions, table, ids, labels, summaries, tags } => {
                 let rows = (0..table.height()).collect();
                 let same = self.ds.as_ref().is_some_and(|d| d.info.dataset == info.dataset);
                 let selected = if same { self.ds.as_ref().and_then(|d| d.selected) } else { None };

@@ -108,7 +108,7 @@ pub enum Reply {
     Workspace { root: PathBuf, name: String, datasets: Vec<VersionInfo>, default_model: Option<PathBuf> },
     /// Memory estimate (and parameter count) for a training form's settings.
     Estimate(EstimateKey, Result<(String, usize), String>),
-    Dataset { info: VersionInfo, versions: Vec<VersionInfo>, table: Arc<Table>, labels: HashMap<String, BTreeMap<String, Value>>, summaries: HashMap<String, LabelSummary>, tags: Vec<String> },
+    Dataset { info: VersionInfo, versions: Vec<VersionInfo>, table: Arc<Table>, ids: Vec<String>, labels: HashMap<String, BTreeMap<String, Value>>, summaries: HashMap<String, LabelSummary>, tags: Vec<String> },
     /// The workspace's dataset list changed (import, new version).
     Datasets(Vec<VersionInfo>),
     Imported(VersionInfo),
@@ -202,9 +202,10 @@ fn send_dataset(st: &mut DataState, out: &Out, dataset: &str, version: Option<u3
     }
     let summaries = w.label_summaries(dataset, None)?;
     let tags = w.tag_set(dataset)?;
+    let ids = table.ids()?;
     let table = Arc::new(table);
     st.current = Some((dataset.to_string(), table.clone()));
-    out.send(Reply::Dataset { info, versions, table, labels, summaries, tags });
+    out.send(Reply::Dataset { info, versions, table, ids, labels, summaries, tags });
     Ok(())
 }
 
