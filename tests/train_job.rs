@@ -303,3 +303,33 @@ fn packed_sft_job_trains() {
     assert_eq!(s.len(), 20);
     assert!(s[19].loss < s[0].loss * 0.3, "{} -> {}", s[0].loss, s[19].loss);
 }
+
+#[test]
+fn cancel_checkpoints_so_resume_continues_from_the_cancelled_step() {
+    let a = tempfile::tempdir().unwrap();
+    let extra = "name = \"r\"\n[train]\nmax_steps = 8\nbatch_size = 2\nlr = 1e-3\n";
+    run_to_end(JobSpec::from_file(&job(a.path(), "llama", extra)).unwrap(), RunOptions::default());
+    let full = steps(&read_metrics(&a.path().join("runs/r")).unwrap());
+
+    let b = tempfile::tempdir().unwrap();
+    let spec = JobSpec::from_file(&job(b.path(), "llama", extra)).unwrap();
+    let h = spawn(spec.clone(), RunOptions::default());
+    let mut evs = Vec::new();
+    for ev in h.events.iter() {
+        if matches!(ev, JobEvent::Step(ref s) if s.step == 3) {
+            h.cancel();
+        }
+        evs.push(ev);
+    }
+    h.join();
+    let Some(JobEvent::Cancelled { step }) = evs.last().cloned() else { panic!("{:?}", evs.last()) };
+    assert!(evs.iter().any(|e| matches!(e, JobEvent::Checkpoint { step: s, .. } if *s == step)), "a checkpoint at the cancelled step");
+    let run_dir = b.path().join("runs/r");
+    let resumed = run_to_end(spec, RunOptions { resume: Some(run_dir.clone()), ..Default::default() });
+    assert!(matches!(resumed[0], JobEvent::Started { start_step, .. } if start_step == step));
+    let recorded = steps(&read_metrics(&run_dir).unwrap());
+    assert_eq!(recorded.len(), 8);
+    for (x, y) in full.iter().zip(&recorded) {
+        assert_eq!((x.loss, x.lr, x.grad_norm), (y.loss, y.lr, y.grad_norm), "step {}", x.step);
+    }
+}

@@ -830,9 +830,15 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
                     sink.emit(JobEvent::Eval(EvalRecord { step: state.step, eval_loss: f64::NAN, perplexity: None, token_accuracy: None, metrics }));
                 }
             }
-            if done || (t_cfg.checkpoint_every > 0 && state.step % t_cfg.checkpoint_every == 0) {
+            // Cancelling checkpoints first, so a cancelled run resumes exactly where it stopped.
+            let pausing = !done && cancel.load(Ordering::SeqCst);
+            if done || pausing || (t_cfg.checkpoint_every > 0 && state.step % t_cfg.checkpoint_every == 0) {
                 let p = write_checkpoint(&run_dir, &trainer, &state)?;
                 sink.emit(JobEvent::Checkpoint { step: state.step, path: p });
+            }
+            if pausing {
+                outcome = "cancelled";
+                break;
             }
             if opts.stop_after.is_some_and(|s| state.step >= s) && !done {
                 outcome = "cancelled";

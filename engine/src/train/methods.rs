@@ -489,7 +489,12 @@ pub(crate) fn run_method(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, s
                 let e = trainer.evaluate(&eval_idx, pad, step)?;
                 sink.emit(JobEvent::Eval(e));
             }
-            if step == total_steps || (tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) {
+            // Cancelling checkpoints first, so a cancelled run resumes exactly where it stopped.
+            let pausing = step < total_steps && outcome != "cancelled" && cancel.load(Ordering::SeqCst);
+            if pausing {
+                outcome = "cancelled";
+            }
+            if step == total_steps || pausing || (tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) {
                 let dst = run_dir.join("checkpoints").join(format!("step-{step:07}"));
                 let tmp = run_dir.join("checkpoints").join(format!(".tmp-step-{step:07}"));
                 let _ = std::fs::remove_dir_all(&tmp);
