@@ -698,3 +698,40 @@ fn drafted_answers_fill_the_pair_queue_and_become_preferences() {
     let o = whetstone(&["data", "label", &d, "--annotator", "bob", "pair", "3", "both_bad"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn review_fixes_hold() {
+    // Many small strata still split 80/10/10 overall (rounding carried across strata).
+    let labels: Vec<String> = (0..100).map(|i| format!("class{}", i / 5)).collect();
+    let a = curate::split_assignments(100, Some(&labels), SplitFractions { train: 0.8, validation: 0.1, test: 0.1 }, 3).unwrap();
+    let count = |s: &str| a.iter().filter(|x| **x == s).count();
+    assert_eq!((count("train"), count("validation"), count("test")), (80, 10, 10));
+    // Ordinary numbers are not phone numbers.
+    for t in ["dose 12.500 mg", "In 2023 1500 people", "order 4111 1111 1111 1112"] {
+        assert!(curate::scan_text(t).is_empty(), "{t}: {:?}", curate::scan_text(t));
+    }
+    assert_eq!(curate::scan_text("call (415) 555-0132").len(), 1);
+    // A lone CR is field content; a file with CR-only line ends has no rows and is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ws = Workspace::create(&tmp.path().join("ws"), "t").unwrap();
+    let p = tmp.path().join("cr.csv");
+    std::fs::write(&p, "a,b\nfoo\rbar,baz\n").unwrap();
+    ws.import(&p, None, &[]).unwrap();
+    assert_eq!(ws.load("cr", None).unwrap().1.record(0).unwrap()["a"], "foo\rbar");
+    let mac = tmp.path().join("mac.csv");
+    std::fs::write(&mac, "a,b\rc,d\r").unwrap();
+    assert!(format!("{:#}", ws.import(&mac, None, &[]).unwrap_err()).contains("no rows"));
+    // Removing an edit and committing again brings the original answer back.
+    let src = tmp.path().join("e.jsonl");
+    write_jsonl(&src, &[rec(json!({"prompt": "q", "response": "original"}))]);
+    ws.import(&src, Some("e"), &[]).unwrap();
+    ws.set_label("e", "1", "ann", "edit", Some(&json!("edited"))).unwrap();
+    ws.commit_labels("e", None).unwrap();
+    assert_eq!(ws.load("e", None).unwrap().1.record(0).unwrap()["response"], "edited");
+    ws.set_label("e", "1", "ann", "edit", None).unwrap();
+    ws.set_label("e", "1", "ann", "status", Some(&json!("accept"))).unwrap();
+    ws.commit_labels("e", None).unwrap();
+    assert_eq!(ws.load("e", None).unwrap().1.record(0).unwrap()["response"], "original");
+    // Clearing a label that is not there changes nothing and keeps the redo stack.
+    assert_eq!(ws.set_label("e", "1", "ann", "note", None).unwrap(), 0);
+}

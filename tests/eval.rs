@@ -302,3 +302,20 @@ fn cli_runs_a_suite_votes_rates_and_reports() {
     assert!(stdout(&o).contains("wrote 1 preference pairs to cli-ab-preferences@1"), "{}", stdout(&o));
     assert!(std::fs::read_to_string(&out).unwrap().contains("# Evaluation: cli"));
 }
+
+#[test]
+fn answers_resolve_by_text_then_letter_then_index() {
+    let c: Vec<String> = ["1", "2", "3", "4"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(suite::answer_index("3", &c), Some(2), "option text wins over an index");
+    let c: Vec<String> = ["Paris", "Rome"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(suite::answer_index("(B)", &c), Some(1));
+    assert_eq!(suite::answer_index("b.", &c), Some(1));
+    assert_eq!(suite::answer_index("paris", &c), Some(0));
+    assert_eq!(suite::answer_index("0", &c), Some(0));
+    assert_eq!(suite::answer_index("7", &c), None);
+    // A suite listing the same metric twice is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("s.toml");
+    std::fs::write(&p, "name = \"x\"\nmodels = [\"m\"]\n[dataset]\npath = \"d.jsonl\"\n[[metrics]]\nkind = \"regex\"\npattern = \"a\"\n[[metrics]]\nkind = \"regex\"\npattern = \"b\"\n").unwrap();
+    assert!(format!("{:#}", SuiteSpec::from_file(&p).unwrap_err()).contains("listed twice"));
+}

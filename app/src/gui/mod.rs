@@ -282,7 +282,7 @@ impl WorkbenchApp {
 
     fn handle_reply(&mut self, r: Reply) {
         match r {
-            Reply::Workspace { root, name, datasets, default_model } => {
+            Reply::Workspace { root, name, datasets, default_model, opened } => {
                 self.settings.workspace = Some(root.clone());
                 if let Some(m) = default_model {
                     if !self.settings.models.contains(&m) {
@@ -292,7 +292,16 @@ impl WorkbenchApp {
                 let first = datasets.first().map(|d| d.dataset.clone());
                 let keep = self.ds.as_ref().map(|d| d.info.dataset.clone()).filter(|n| datasets.iter().any(|d| &d.dataset == n));
                 self.ws = Some(WorkspaceView { root, name, datasets });
-                if keep.is_none() {
+                if opened {
+                    // Just (re)opened: reload the dataset on screen (or the first one), so the
+                    // view never points into another workspace or a closed one.
+                    self.ds = None;
+                    self.eval_ui.current = None;
+                    self.eval_ui.listings.clear();
+                    if let Some(f) = keep.or(first) {
+                        self.open_dataset(&f);
+                    }
+                } else if keep.is_none() {
                     self.ds = None;
                     if let Some(f) = first {
                         self.open_dataset(&f);
@@ -308,14 +317,17 @@ impl WorkbenchApp {
             Reply::Dataset { info, versions, table, ids, labels, summaries, tags } => {
                 let rows = (0..table.height()).collect();
                 let same = self.ds.as_ref().is_some_and(|d| d.info.dataset == info.dataset);
-                let selected = if same { self.ds.as_ref().and_then(|d| d.selected) } else { None };
+                // Keep the selection by record id, if that record is still in this version.
+                let selected_id = self.ds.as_ref().filter(|_| same).and_then(|d| d.selected.and_then(|r| d.ids.get(r).cloned()));
+                let selected = selected_id.and_then(|id| ids.iter().position(|x| *x == id));
                 self.ds = Some(DatasetView { info, versions, table, ids, labels, summaries, tags, rows, selected });
+                // Review lists and statistics belong to the version they were computed on.
+                self.data_ui.duplicates = None;
+                self.data_ui.pii = None;
+                self.data_ui.token_stats = None;
                 if !same {
                     self.label_ui.cursor = 0;
                     self.label_ui.pairs.clear();
-                    self.data_ui.duplicates = None;
-                    self.data_ui.pii = None;
-                    self.data_ui.token_stats = None;
                 }
             }
             Reply::Imported(v) => {
@@ -353,15 +365,15 @@ impl WorkbenchApp {
             }
             Reply::Runs(r) => self.runs_ui.runs = r,
             Reply::Evals(l) => self.eval_ui.listings = l,
-            Reply::Eval(r, votes, ratings) => {
+            Reply::Eval(r, votes, ratings, from_run) => {
                 let annotator = self.settings.annotator.clone();
                 self.eval_ui.queue = whetstone_engine::eval::suite::ab_queue(&r, &votes, &annotator, 0);
                 self.eval_ui.cursor = 0;
-                if self.eval_ui.running {
+                if from_run {
                     self.eval_ui.running = false;
                     self.eval_ui.tab = panels::evaluate::EvalTab::Results;
                 }
-                self.eval_ui.current = Some(r);
+                self.eval_ui.current = Some(std::sync::Arc::from(r));
                 self.eval_ui.votes = votes;
                 self.eval_ui.ratings = Some(*ratings);
                 self.data(DataCmd::ListEvals);
@@ -404,10 +416,12 @@ impl WorkbenchApp {
     }
 
     fn shortcuts(&mut self, ui: &mut egui::Ui) {
-        if ui.input_mut(|i| i.consume_shortcut(&REDO)) {
+        // Inside a text field, Ctrl+Z belongs to the text field.
+        let typing = ui.ctx().text_edit_focused();
+        if !typing && ui.input_mut(|i| i.consume_shortcut(&REDO)) {
             self.redo();
         }
-        if ui.input_mut(|i| i.consume_shortcut(&UNDO)) {
+        if !typing && ui.input_mut(|i| i.consume_shortcut(&UNDO)) {
             self.undo();
         }
         if ui.input_mut(|i| i.consume_shortcut(&HELP)) {
@@ -421,8 +435,19 @@ impl WorkbenchApp {
         }
         for (n, key) in [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4, egui::Key::Num5, egui::Key::Num6].into_iter().enumerate() {
             if ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, key)) {
-                self.settings.page = Page::ALL[n];
+                self.go_to(Page::ALL[n]);
             }
+        }
+    }
+
+    /// Switch page, refreshing the lists that page shows.
+    pub fn go_to(&mut self, p: Page) {
+        self.settings.page = p;
+        if p == Page::Runs || p == Page::Evaluate || p == Page::Train {
+            self.data(DataCmd::ListRuns);
+        }
+        if p == Page::Evaluate {
+            self.data(DataCmd::ListEvals);
         }
     }
 
@@ -519,13 +544,7 @@ impl WorkbenchApp {
         for (i, p) in Page::ALL.into_iter().enumerate() {
             let b = egui::Button::selectable(self.settings.page == p, p.title()).min_size(egui::vec2(ui.available_width(), 28.0));
             if ui.add(b).on_hover_text(format!("Ctrl+{}", i + 1)).clicked() {
-                self.settings.page = p;
-                if p == Page::Runs || p == Page::Evaluate {
-                    self.data(DataCmd::ListRuns);
-                }
-                if p == Page::Evaluate {
-                    self.data(DataCmd::ListEvals);
-                }
+                self.go_to(p);
             }
         }
         ui.separator();

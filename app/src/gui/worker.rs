@@ -105,7 +105,8 @@ pub struct RunSummary {
 }
 
 pub enum Reply {
-    Workspace { root: PathBuf, name: String, datasets: Vec<VersionInfo>, default_model: Option<PathBuf> },
+    /// `opened`: the workspace was just opened or created (not merely changed).
+    Workspace { root: PathBuf, name: String, datasets: Vec<VersionInfo>, default_model: Option<PathBuf>, opened: bool },
     /// Memory estimate (and parameter count) for a training form's settings.
     Estimate(EstimateKey, Result<(String, usize), String>),
     Dataset { info: VersionInfo, versions: Vec<VersionInfo>, table: Arc<Table>, ids: Vec<String>, labels: HashMap<String, BTreeMap<String, Value>>, summaries: HashMap<String, LabelSummary>, tags: Vec<String> },
@@ -122,7 +123,8 @@ pub enum Reply {
     Runs(Vec<RunSummary>),
     Evals(Vec<EvalListing>),
     /// An evaluation opened (or just run), its votes and ratings.
-    Eval(Box<EvalResult>, Vec<Vote>, Box<Ratings>),
+    /// The flag says whether it comes from a run the user just started.
+    Eval(Box<EvalResult>, Vec<Vote>, Box<Ratings>, bool),
     Votes(Vec<Vote>, Box<Ratings>),
     EvalFailed(String),
     ModelInfo(PathBuf, Result<ModelInfo, String>),
@@ -184,9 +186,13 @@ fn ws(st: &mut DataState) -> Result<&mut Workspace> {
 }
 
 fn send_workspace(st: &mut DataState, out: &Out) -> Result<()> {
+    workspace_reply(st, out, false)
+}
+
+fn workspace_reply(st: &mut DataState, out: &Out, opened: bool) -> Result<()> {
     let w = ws(st)?;
     let default_model = w.config.default_model.clone().filter(|m| m.exists());
-    out.send(Reply::Workspace { root: w.root().to_path_buf(), name: w.config.name.clone(), datasets: w.datasets()?, default_model });
+    out.send(Reply::Workspace { root: w.root().to_path_buf(), name: w.config.name.clone(), datasets: w.datasets()?, default_model, opened });
     Ok(())
 }
 
@@ -218,19 +224,19 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
         DataCmd::Open(p) => {
             st.ws = Some(Workspace::open(&p)?);
             st.current = None;
-            send_workspace(st, out)?;
+            workspace_reply(st, out, true)?;
         }
         DataCmd::Create(p) => {
             let name = p.file_name().and_then(|s| s.to_str()).unwrap_or("workspace").to_string();
             st.ws = Some(Workspace::create(&p, &name)?);
             st.current = None;
-            send_workspace(st, out)?;
+            workspace_reply(st, out, true)?;
         }
         DataCmd::CreateDemo(p) => {
             progress(out, "Creating the demo workspace");
             st.ws = Some(crate::gui::demo::create(&p)?);
             st.current = None;
-            send_workspace(st, out)?;
+            workspace_reply(st, out, true)?;
             out.send(Reply::ProgressDone);
         }
         DataCmd::Import { path, name } => {
@@ -363,7 +369,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             let r = w.load_eval(&id)?;
             let votes = w.votes(&id)?;
             let ratings = vote_ratings(&r, &votes, 500, 0);
-            out.send(Reply::Eval(Box::new(r), votes, Box::new(ratings)));
+            out.send(Reply::Eval(Box::new(r), votes, Box::new(ratings), false));
         }
         DataCmd::Vote { eval_id, item, model_a, model_b, verdict, annotator } => {
             let w = ws(st)?;
@@ -446,8 +452,9 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
     let load = |p: &PathBuf, cache: &mut HashMap<PathBuf, LoadedModel>| -> Result<()> {
         if !cache.contains_key(p) {
             out.send(Reply::Progress { what: format!("Loading {}", p.display()), done: 0, total: 0 });
-            let m = LoadedModel::load(p, &device).with_context(|| p.display().to_string())?;
+            let m = LoadedModel::load(p, &device).with_context(|| p.display().to_string());
             out.send(Reply::ProgressDone);
+            let m = m?;
             cache.insert(p.clone(), m);
         }
         Ok(())
@@ -491,7 +498,7 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
                     Ok((r, votes)) => {
                         let ratings = vote_ratings(&r, &votes, 0, 0);
                         out.send(Reply::Info(format!("Evaluation {} stored", r.id)));
-                        out.send(Reply::Eval(Box::new(r), votes, Box::new(ratings)));
+                        out.send(Reply::Eval(Box::new(r), votes, Box::new(ratings), true));
                     }
                     Err(e) => out.send(Reply::EvalFailed(format!("{e:#}"))),
                 }

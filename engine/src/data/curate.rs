@@ -351,6 +351,14 @@ fn luhn(s: &str) -> bool {
     sum % 10 == 0
 }
 
+/// A phone number has 7–15 digits and either an international `+`, an area code in
+/// parentheses, or three digit groups ("2023 1500" and "12.500" are not phones).
+fn phone_like(s: &str) -> bool {
+    let digits = s.chars().filter(char::is_ascii_digit).count();
+    let groups = s.split(|c: char| !c.is_ascii_digit()).filter(|g| !g.is_empty()).count();
+    (7..=15).contains(&digits) && (s.starts_with('+') || s.contains('(') || groups >= 3)
+}
+
 fn pii_rules() -> &'static [PiiRule] {
     static RULES: std::sync::OnceLock<Vec<PiiRule>> = std::sync::OnceLock::new();
     RULES.get_or_init(|| {
@@ -376,7 +384,7 @@ fn pii_rules() -> &'static [PiiRule] {
             r(PiiKind::Account, r"(?i:account|acct|a/c|账号|卡号)(?i: number| no\.?| #)?\W{0,3}(?P<x>\d[\d-]{5,})", false, None),
             // Phone numbers: Chinese mobiles, then international/US/European shapes.
             r(PiiKind::Phone, r"1[3-9]\d{9}", true, None),
-            r(PiiKind::Phone, r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?", true, None),
+            r(PiiKind::Phone, r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?", true, Some(phone_like)),
             // Names: after an honorific or a name field.
             r(PiiKind::Name, r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+(?P<x>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)", false, None),
             r(PiiKind::Name, r"(?:(?i:my name is|patient name|name)\s*[:：]?\s*)(?P<x>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)", false, None),
@@ -571,11 +579,19 @@ pub fn split_assignments(n: usize, strata: Option<&[String]>, f: SplitFractions,
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = vec!["train"; n];
+    // Cut each stratum at cumulative boundaries, carrying the rounding from one stratum to the
+    // next, so small strata do not each round validation and test up (halves go to train).
+    let round_half_down = |x: f64| (x - 0.5).ceil().max(0.0) as usize;
+    let (mut seen, mut given_val, mut given_vt) = (0usize, 0usize, 0usize);
     for g in &mut groups {
         g.shuffle(&mut rng);
-        let k = g.len() as f64;
-        let n_val = (k * f.validation).round() as usize;
-        let n_test = ((k * f.test).round() as usize).min(g.len() - n_val.min(g.len()));
+        seen += g.len();
+        let want_val = round_half_down(seen as f64 * f.validation);
+        let want_vt = round_half_down(seen as f64 * (f.validation + f.test)).max(want_val);
+        let n_val = want_val.saturating_sub(given_val).min(g.len());
+        let n_test = want_vt.saturating_sub(given_vt).saturating_sub(n_val).min(g.len() - n_val);
+        given_val += n_val;
+        given_vt += n_val + n_test;
         for (j, &row) in g.iter().enumerate() {
             out[row] = if j < n_val {
                 "validation"

@@ -284,8 +284,9 @@ fn scan_records(text: &[u8], delim: u8, limit: usize) -> Vec<RecordSpan> {
             fields += 1;
             at_field_start = true;
             record_has_content = true;
-        } else if c == b'\n' || c == b'\r' {
-            if c == b'\r' && text.get(i + 1) == Some(&b'\n') {
+        } else if c == b'\n' || (c == b'\r' && text.get(i + 1) == Some(&b'\n')) {
+            // Records end at LF or CRLF, as polars reads them; a lone CR is field content.
+            if c == b'\r' {
                 i += 1;
             }
             if record_has_content {
@@ -348,6 +349,9 @@ fn parse_delimited(path: &Path, delim: Option<u8>) -> Result<Parsed> {
         .into_reader_with_file_handle(Cursor::new(text.as_slice()))
         .finish()
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if df.height() == 0 {
+        bail!("{}: no rows under the header", path.display());
+    }
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     let mut seen = std::collections::HashSet::new();
     for n in &names {

@@ -155,6 +155,11 @@ impl Workspace {
             )
             .optional()?;
         let new_s = new.as_ref().map(|v| v.to_string());
+        if old == new_s {
+            // Nothing changes: no journal entry, and the redo stack stays.
+            tx.commit()?;
+            return Ok(0);
+        }
         write_label(&tx, dataset, record, annotator, kind, new_s.as_deref(), &at)?;
         if kind == "tags" {
             if let Some(Value::Array(tags)) = &new {
@@ -418,12 +423,18 @@ impl Workspace {
         table.set_text_column("label_note", col("note", false), ColumnKind::Text)?;
         let edits = col("edit", false);
         let n_edits = edits.iter().flatten().count();
-        if n_edits > 0 {
+        let had_edits = v.roles.response.as_ref().is_some_and(|r| table.kind(&format!("{r}_original")).is_some());
+        if n_edits > 0 || had_edits {
             let resp = v.roles.response.clone().ok_or_else(|| anyhow!("edits need a response column; map one first"))?;
             let kind = table.kind(&resp).unwrap_or(ColumnKind::Text);
-            let original: Vec<Option<String>> = table.text(&resp)?.iter().map(|s| s.map(str::to_string)).collect();
-            let merged: Vec<Option<String>> = original.iter().zip(&edits).map(|(o, e)| e.clone().or_else(|| o.clone())).collect();
+            if kind != ColumnKind::Text {
+                bail!("column `{resp}` holds JSON values, not text; edits apply to text responses only");
+            }
+            // Always merge onto the original answers, so a removed edit brings the original back.
             let keep = format!("{resp}_original");
+            let source = if table.kind(&keep).is_some() { keep.clone() } else { resp.clone() };
+            let original: Vec<Option<String>> = table.text(&source)?.iter().map(|s| s.map(str::to_string)).collect();
+            let merged: Vec<Option<String>> = original.iter().zip(&edits).map(|(o, e)| e.clone().or_else(|| o.clone())).collect();
             if table.kind(&keep).is_none() {
                 table.set_text_column(&keep, original, kind)?;
             }

@@ -74,11 +74,22 @@ pub fn numeric(output: &str, reference: &str, tolerance: f64, relative: bool) ->
     }
 }
 
-/// A judge's score: the first whole number from 1 to `max` in its reply, scaled to [0, 1].
+/// A judge's score scaled to [0, 1]: an explicit `N/max` if there is one, else the last whole
+/// number from 1 to `max` in its reply ("On a scale of 1 to 5, I give 4" → 4).
 pub fn judge_score(reply: &str, max: u32) -> Option<f64> {
     static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    static OUT_OF: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
     let re = RE.get_or_init(|| Regex::new(r"\d+").unwrap());
-    re.find_iter(reply).filter_map(|m| m.as_str().parse::<u32>().ok()).find(|&s| (1..=max).contains(&s)).map(|s| (s - 1) as f64 / (max.max(2) - 1) as f64)
+    let out_of = OUT_OF.get_or_init(|| Regex::new(r"(\d+)\s*/\s*(\d+)").unwrap());
+    let scale = |s: u32| (s - 1) as f64 / (max.max(2) - 1) as f64;
+    if let Some(c) = out_of.captures_iter(reply).find(|c| c[2].parse::<u32>().ok() == Some(max)) {
+        if let Ok(s) = c[1].parse::<u32>() {
+            if (1..=max).contains(&s) {
+                return Some(scale(s));
+            }
+        }
+    }
+    re.find_iter(reply).filter_map(|m| m.as_str().parse::<u32>().ok()).filter(|&s| (1..=max).contains(&s)).last().map(scale)
 }
 
 /// Mean with a percentile-bootstrap confidence interval.
@@ -141,6 +152,7 @@ mod tests {
         assert_eq!(numeric("It is 102 C", "100", 1.0, false), 0.0);
         assert_eq!(numeric("about 105", "100", 0.05, true), 1.0);
         assert_eq!(judge_score("Score: 4/5 because…", 5), Some(0.75));
+        assert_eq!(judge_score("On a scale of 1 to 5, I give 4", 5), Some(0.75));
         assert_eq!(judge_score("I give it a 9", 5), None);
         assert_eq!(regex_match("Routine: rest", &Regex::new("^(Routine|Urgent)").unwrap()), 1.0);
     }

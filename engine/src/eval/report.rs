@@ -68,8 +68,11 @@ pub fn markdown(r: &EvalResult, ratings: Option<&Ratings>) -> String {
 
 /// One horizontal-bar chart: a bar per (label, mean) with its interval.
 fn svg_bars(title: &str, rows: &[(String, f64, f64, f64)]) -> String {
-    let max = rows.iter().map(|r| r.3.max(r.1)).fold(0.0f64, f64::max).max(1e-9);
-    let scale = |v: f64| 160.0 + 360.0 * (v / max).clamp(0.0, 1.0);
+    // The axis spans zero and every value, so negative scores (e.g. rewards) draw too.
+    let max = rows.iter().map(|r| r.3.max(r.1)).fold(0.0f64, f64::max);
+    let min = rows.iter().map(|r| r.2.min(r.1)).fold(0.0f64, f64::min);
+    let span = (max - min).max(1e-9);
+    let scale = |v: f64| 160.0 + 360.0 * ((v - min) / span).clamp(0.0, 1.0);
     let h = 30 + rows.len() * 26;
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"{h}\" role=\"img\" aria-label=\"{}\">", esc(title));
     let _ = write!(s, "<text x=\"0\" y=\"16\" font-weight=\"bold\">{}</text>", esc(title));
@@ -77,11 +80,12 @@ fn svg_bars(title: &str, rows: &[(String, f64, f64, f64)]) -> String {
         let y = 26 + i * 26;
         let _ = write!(
             s,
-            "<text x=\"0\" y=\"{}\" font-size=\"12\">{}</text><rect x=\"160\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"#4c78a8\"/>\
+            "<text x=\"0\" y=\"{}\" font-size=\"12\">{}</text><rect x=\"{:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"#4c78a8\"/>\
              <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#222\" stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{}\" font-size=\"12\">{:.3}</text>",
             y + 14,
             esc(label),
-            scale(*mean) - 160.0,
+            scale(0.0).min(scale(*mean)),
+            (scale(*mean) - scale(0.0)).abs(),
             scale(*lo),
             scale(*hi),
             y + 9,

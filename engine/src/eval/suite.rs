@@ -210,6 +210,11 @@ impl SuiteSpec {
                 Regex::new(pattern).map_err(|e| anyhow!("suite `{}`: regex metric: {e}", self.name))?;
             }
         }
+        let mut kinds: Vec<&str> = self.metrics.iter().map(MetricSpec::name).collect();
+        kinds.sort_unstable();
+        if let Some(w) = kinds.windows(2).find(|w| w[0] == w[1]) {
+            bail!("suite `{}`: metric `{}` is listed twice; make a second suite for another variant", self.name, w[0]);
+        }
         let mut names: Vec<String> = self.models.iter().map(ModelRef::name).collect();
         names.sort();
         if names.windows(2).any(|w| w[0] == w[1]) {
@@ -319,7 +324,7 @@ pub fn load_items(spec: &SuiteSpec) -> Result<(Vec<Item>, Value)> {
         let id = text_of(r.get("_id")).or_else(|| text_of(r.get("id"))).unwrap_or_else(|| (i + 1).to_string());
         items.push(Item {
             id,
-            prompt: text_of(r.get(&prompt)).ok_or_else(|| anyhow!("{f}: row {}: prompt is empty", i + 1))?,
+            prompt: text_of(r.get(&prompt)).filter(|p| !p.trim().is_empty()).ok_or_else(|| anyhow!("{f}: row {}: prompt is empty", i + 1))?,
             reference: reference.as_ref().and_then(|c| text_of(r.get(c))),
             tag: tag.as_ref().and_then(|c| text_of(r.get(c))),
             choices: choices_col.as_ref().and_then(|c| parse_choices(r.get(c))),
@@ -332,20 +337,26 @@ pub fn load_items(spec: &SuiteSpec) -> Result<(Vec<Item>, Value)> {
 }
 
 /// Index of the right option: an index, a letter, or the option's text.
-fn answer_index(reference: &str, choices: &[String]) -> Option<usize> {
+/// Index of the right option. The option's own text wins; then a letter (`B`, `(B)`, `B.`);
+/// then a 0-based index.
+pub fn answer_index(reference: &str, choices: &[String]) -> Option<usize> {
     let r = reference.trim();
-    if let Ok(i) = r.parse::<usize>() {
+    if let Some(i) = choices.iter().position(|c| c.trim().eq_ignore_ascii_case(r)) {
+        return Some(i);
+    }
+    let letter = r.trim_matches(|c: char| matches!(c, '(' | ')' | '.' | ':' | ' '));
+    if letter.len() == 1 && letter.chars().all(|c| c.is_ascii_alphabetic()) {
+        let i = (letter.to_ascii_uppercase().as_bytes()[0] - b'A') as usize;
         return (i < choices.len()).then_some(i);
     }
-    if r.len() == 1 && r.chars().all(|c| c.is_ascii_alphabetic()) {
-        let i = (r.to_ascii_uppercase().as_bytes()[0] - b'A') as usize;
-        return (i < choices.len()).then_some(i);
-    }
-    choices.iter().position(|c| c.trim().eq_ignore_ascii_case(r))
+    r.parse::<usize>().ok().filter(|&i| i < choices.len())
 }
 
 /// Log-likelihood of `continuation` after `context` (ids encoded separately, then joined).
 fn continuation_logprob(m: &LoadedModel, context: &[u32], continuation: &[u32]) -> Result<(f64, usize)> {
+    if context.is_empty() || continuation.is_empty() {
+        bail!("cannot score: the context or the continuation encodes to no tokens");
+    }
     let mut ids = context.to_vec();
     ids.extend_from_slice(continuation);
     let lp = m.token_logprobs(&ids)?;

@@ -132,6 +132,8 @@ pub fn check(steps: &[StepRecord], evals: &[EvalRecord]) -> Vec<Alert> {
             }
         }
     }
+    // Only evaluations with a held-out loss (suite scores carry NaN there).
+    let evals: Vec<&EvalRecord> = evals.iter().filter(|e| e.eval_loss.is_finite()).collect();
     if evals.len() >= 3 {
         let e = &evals[evals.len() - 3..];
         let eval_rising = e[0].eval_loss < e[1].eval_loss && e[1].eval_loss < e[2].eval_loss;

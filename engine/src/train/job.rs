@@ -171,7 +171,13 @@ impl DatasetSpec {
                 reference: c.reference.clone().or(roles.reference),
             };
             let card = serde_json::json!({"workspace": self.path, "name": name, "version": v.version, "sha256": v.sha256});
-            (table.records()?, columns, v.sha256, card)
+            // Keep each row's workspace id, so evaluation items and labels refer to the same rows.
+            let ids = table.ids()?;
+            let mut records = table.records()?;
+            for (r, id) in records.iter_mut().zip(ids) {
+                r.insert(crate::data::ID_COLUMN.to_string(), serde_json::Value::String(id));
+            }
+            (records, columns, v.sha256, card)
         } else {
             let sha = sha256_file(&self.path)?;
             (read_records(&self.path)?, self.columns.clone(), sha.clone(), serde_json::json!({"path": self.path, "sha256": sha}))
@@ -428,7 +434,7 @@ pub struct StepRecord {
     pub tokens_per_second: f64,
     pub elapsed_seconds: f64,
     /// Method-specific metrics by their usual names (e.g. `rewards/margins`, `kl`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "metrics_or_nan")]
     pub metrics: BTreeMap<String, f64>,
 }
 
@@ -444,7 +450,7 @@ pub struct EvalRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_accuracy: Option<f64>,
     /// Other methods' held-out metrics by name (e.g. `accuracy`, `rewards/margins`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "metrics_or_nan")]
     pub metrics: BTreeMap<String, f64>,
 }
 
@@ -576,6 +582,11 @@ pub(crate) fn model_hash(path: &Path) -> Result<String> {
         h.update(sha256_file(&p)?.as_bytes());
     }
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// Metric maps read back with NaN where a non-finite value was written as null.
+fn metrics_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<String, f64>, D::Error> {
+    Ok(BTreeMap::<String, Option<f64>>::deserialize(d)?.into_iter().map(|(k, v)| (k, v.unwrap_or(f64::NAN))).collect())
 }
 
 fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {

@@ -51,7 +51,8 @@ pub struct EvalUi {
     pub max_new_tokens: usize,
     pub limit: usize,
     pub listings: Vec<EvalListing>,
-    pub current: Option<Box<EvalResult>>,
+    /// Shared, so panels can hold it across a frame without copying every output.
+    pub current: Option<std::sync::Arc<EvalResult>>,
     pub votes: Vec<Vote>,
     pub ratings: Option<Ratings>,
     pub metric_view: String,
@@ -154,8 +155,12 @@ pub fn suite_spec(u: &EvalUi, workspace: &std::path::Path) -> Result<SuiteSpec, 
         .collect();
     let dataset_spec: DatasetSpec = toml::from_str(&format!("path = {}\nname = {}\n", toml::Value::String(workspace.display().to_string()), toml::Value::String(dataset)))
         .map_err(|e| e.to_string())?;
+    let name = u.name.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.')) || name.starts_with('.') {
+        return Err("Name the suite with letters, digits, `-`, `_` or `.`.".into());
+    }
     let spec = SuiteSpec {
-        name: u.name.trim().to_string(),
+        name: name.to_string(),
         dataset: dataset_spec,
         reference: Some(u.reference.clone()).filter(|s| !s.is_empty()),
         tag: Some(u.tag.clone()).filter(|s| !s.is_empty()),
@@ -202,6 +207,12 @@ fn setup(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
         u.dataset = datasets.first().map(|d| d.0.clone());
     }
     let columns: Vec<String> = datasets.iter().find(|d| Some(&d.0) == u.dataset.as_ref()).map(|d| d.1.clone()).unwrap_or_default();
+    // Column choices from another dataset do not carry over.
+    for c in [&mut u.reference, &mut u.tag, &mut u.choices_col] {
+        if !c.is_empty() && !columns.contains(c) {
+            c.clear();
+        }
+    }
     egui::Grid::new("suite_form").num_columns(2).spacing([16.0, 6.0]).show(ui, |ui| {
         let l = ui.label(t("Suite name"));
         ui.add(egui::TextEdit::singleline(&mut u.name).desired_width(220.0)).labelled_by(l.id);

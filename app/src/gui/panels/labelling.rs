@@ -22,6 +22,8 @@ pub struct LabelUi {
     /// Position in the dataset view's rows.
     pub cursor: usize,
     pub editing: Option<String>,
+    /// The record `editing` and `note_input` belong to; they are dropped when it changes.
+    pub draft_for: Option<String>,
     pub tag_input: String,
     pub note_input: String,
     pub pairs: Vec<PairItem>,
@@ -37,6 +39,7 @@ impl Default for LabelUi {
             mode: LabelMode::Records,
             cursor: 0,
             editing: None,
+            draft_for: None,
             tag_input: String::new(),
             note_input: String::new(),
             pairs: Vec::new(),
@@ -92,9 +95,16 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let row = d.rows[cursor];
     let id = d.ids[row].clone();
     let labels = d.labels.get(&id).cloned().unwrap_or_default();
-    let labelled = d.rows.iter().filter(|&&r| d.labels.get(&d.ids[r]).is_some_and(|l| l.contains_key("status"))).count();
+    // Counted over the (few) labelled records, not over every row, so it stays cheap at 1 M rows.
+    let labelled = d.labels.values().filter(|l| l.contains_key("status")).count().min(n);
     let response_col = d.info.roles.response.clone();
     let tags = d.tags.clone();
+    if app.label_ui.draft_for.as_deref() != Some(id.as_str()) {
+        app.label_ui.editing = None;
+        app.label_ui.note_input.clear();
+        app.label_ui.draft_for = Some(id.clone());
+    }
+    let Some(d) = app.ds.as_ref() else { return };
     ui.horizontal(|ui| {
         ui.strong(format!("Record {id}  ({} of {n})", cursor + 1));
         ui.add(egui::ProgressBar::new(labelled as f32 / n as f32).desired_width(220.0).text(format!("{labelled} of {n} labelled")));
@@ -239,9 +249,6 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     }
     if advance != 0 {
         let next = (cursor as i64 + advance).clamp(0, n as i64 - 1) as usize;
-        if next != cursor {
-            app.label_ui.note_input.clear();
-        }
         app.label_ui.cursor = next;
         if let Some(d) = app.ds.as_mut() {
             d.selected = Some(d.rows[next]);
@@ -285,6 +292,7 @@ fn pairs(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let total = app.label_ui.pairs.len();
     let done = app.label_ui.pair_cursor.min(total);
     ui.add(egui::ProgressBar::new(if total == 0 { 0.0 } else { done as f32 / total as f32 }).desired_width(260.0).text(format!("{done} of {total} pairs judged")));
+    app.label_ui.pair_cursor = app.label_ui.pair_cursor.min(app.label_ui.pairs.len());
     let Some(item) = app.label_ui.pairs.get(app.label_ui.pair_cursor).cloned() else {
         ui.label(t("No pairs waiting. Draft answers with a model, or open a dataset with chosen/rejected columns, then Refresh queue."));
         if ui.button(t("Save preferences as a dataset")).clicked() {

@@ -278,7 +278,17 @@ fn start_job(app: &mut WorkbenchApp, q: QueuedJob) {
 pub fn poll_jobs(app: &mut WorkbenchApp) {
     let mut ended = None;
     if let Some(j) = app.train_ui.current.as_mut() {
-        for e in j.handle.events.try_iter() {
+        loop {
+            let e = match j.handle.events.try_recv() {
+                Ok(e) => e,
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    if j.is_running() {
+                        j.state = JobState::Failed("the job's thread ended without a result".into());
+                    }
+                    break;
+                }
+            };
             match e {
                 JobEvent::Started { run_dir, total_steps, start_step, memory, .. } => {
                     j.run_dir = Some(run_dir);
