@@ -148,6 +148,8 @@ pub struct WorkbenchApp {
     pub log: Vec<LogLine>,
     pub show_help: bool,
     pub frame_stats: FrameStats,
+    /// Resident memory, read at most once a second.
+    memory: std::cell::Cell<(Option<Instant>, Option<f64>)>,
     tree: egui_tiles::Tree<Pane>,
 }
 
@@ -206,6 +208,7 @@ impl WorkbenchApp {
             log: Vec::new(),
             show_help: false,
             frame_stats: FrameStats::default(),
+            memory: std::cell::Cell::new((None, None)),
             tree,
             settings,
         };
@@ -561,10 +564,20 @@ impl WorkbenchApp {
         });
     }
 
+    fn memory_mb(&self) -> Option<f64> {
+        let (at, mb) = self.memory.get();
+        if at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return mb;
+        }
+        let mb = resident_mb();
+        self.memory.set((Some(Instant::now()), mb));
+        mb
+    }
+
     fn status_bar(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.label(t("Device: CPU"));
-            if let Some(mb) = resident_mb() {
+            if let Some(mb) = self.memory_mb() {
                 ui.separator();
                 ui.label(format!("Memory: {mb:.0} MB"));
             }

@@ -49,6 +49,7 @@ pub enum DataCmd {
     UndoVote { eval_id: String, annotator: String },
     VotesToPreferences { eval_id: String },
     EvalReport { id: String, out: PathBuf },
+    SaveSuite { spec: Box<SuiteSpec>, path: PathBuf },
 }
 
 pub enum ModelCmd {
@@ -385,6 +386,10 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             let v = ws(st)?.votes_to_preferences(&eval_id)?;
             out.send(Reply::Info(format!("{} preference pairs saved as {} version {}", v.rows, v.dataset, v.version)));
             send_workspace(st, out)?;
+        }
+        DataCmd::SaveSuite { spec, path } => {
+            whetstone_engine::io::atomic_write(&path, toml::to_string_pretty(&*spec)?.as_bytes())?;
+            out.send(Reply::Info(format!("Saved {}; Train → Advanced can score it during SFT", path.display())));
         }
         DataCmd::EvalReport { id, out: path } => {
             let w = ws(st)?;

@@ -326,12 +326,7 @@ fn setup(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
         app.model(ModelCmd::RunEval { spec: Box::new(s.clone()), workspace: ws_root.to_path_buf() });
     }
     if let (true, Ok(s)) = (save, &spec) {
-        let path = suite_path(ws_root, &s.name);
-        let r = toml::to_string_pretty(s).map_err(|e| e.to_string()).and_then(|t| whetstone_engine::io::atomic_write(&path, t.as_bytes()).map_err(|e| format!("{e:#}")));
-        match r {
-            Ok(()) => app.info(format!("Saved {}", path.display())),
-            Err(e) => app.error(e),
-        }
+        app.data(DataCmd::SaveSuite { spec: Box::new(s.clone()), path: suite_path(ws_root, &s.name) });
     }
 }
 
