@@ -136,7 +136,7 @@ model = {tiny:?}
         let o = &r.outputs[0][i];
         let out = o.output.as_deref().unwrap();
         let reference = it.reference.as_deref().unwrap();
-        assert_eq!(o.scores["exact_match"], metrics::exact_match(out, reference, &Normalise::default()));
+        assert_eq!(o.scores["exact_match"], metrics::exact_match(out, reference, &Normalise::squad()));
         assert_eq!(o.scores["contains"], metrics::contains(out, reference, true));
         assert_eq!(o.scores["numeric"], metrics::numeric(out, reference, 0.5, false));
         assert!((0.0..=1.0).contains(&o.scores["judge"]));

@@ -5,35 +5,11 @@ use rand::{Rng, SeedableRng};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-/// How texts are normalised before exact-match comparison (SQuAD-style by default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Normalise {
-    pub lowercase: bool,
-    pub strip_punctuation: bool,
-    pub collapse_whitespace: bool,
-    /// Drop English articles (a, an, the).
-    pub strip_articles: bool,
-}
-
-impl Default for Normalise {
-    fn default() -> Self {
-        Self { lowercase: true, strip_punctuation: true, collapse_whitespace: true, strip_articles: false }
-    }
-}
+/// Text normalisation is shared with the rule rewards of RL jobs.
+pub use crate::train::rewards::Normalise;
 
 pub fn normalise(s: &str, n: &Normalise) -> String {
-    let mut t: String = if n.lowercase { s.to_lowercase() } else { s.to_string() };
-    if n.strip_punctuation {
-        t = t.chars().filter(|c| !c.is_ascii_punctuation() && !matches!(c, '。' | '，' | '、' | '！' | '？' | '：' | '；')).collect();
-    }
-    if n.strip_articles {
-        t = t.split_whitespace().filter(|w| !matches!(w.to_lowercase().as_str(), "a" | "an" | "the")).collect::<Vec<_>>().join(" ");
-    }
-    if n.collapse_whitespace {
-        t = t.split_whitespace().collect::<Vec<_>>().join(" ");
-    }
-    t
+    n.apply(s)
 }
 
 pub fn exact_match(output: &str, reference: &str, n: &Normalise) -> f64 {
@@ -138,7 +114,7 @@ mod tests {
 
     #[test]
     fn scoring_by_hand() {
-        let n = Normalise::default();
+        let n = Normalise::squad();
         assert_eq!(normalise("  The  Answer, is: PARIS! ", &n), "the answer is paris");
         assert_eq!(exact_match("Paris.", "paris", &n), 1.0);
         assert_eq!(exact_match("Paris, France", "paris", &n), 0.0);

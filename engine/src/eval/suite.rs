@@ -22,7 +22,7 @@ use crate::train::job::DatasetSpec;
 pub enum MetricSpec {
     /// The output equals the reference after normalisation.
     ExactMatch {
-        #[serde(default)]
+        #[serde(default = "Normalise::squad")]
         normalise: Normalise,
     },
     /// The output contains the reference.

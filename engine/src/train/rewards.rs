@@ -13,15 +13,29 @@ pub struct Normalise {
     pub trim: bool,
     /// Collapse runs of whitespace to one space.
     pub collapse_whitespace: bool,
-    /// Drop ASCII punctuation.
+    /// Drop ASCII and common CJK punctuation.
     pub strip_punctuation: bool,
+    /// Drop the English articles a, an, the.
+    pub strip_articles: bool,
 }
 
 impl Normalise {
+    /// SQuAD-style: case, punctuation and spacing ignored (evaluation suites' default).
+    pub fn squad() -> Self {
+        Self { case_insensitive: true, trim: true, collapse_whitespace: true, strip_punctuation: true, strip_articles: false }
+    }
+
     pub fn apply(&self, s: &str) -> String {
-        let mut t: String = if self.strip_punctuation { s.chars().filter(|c| !c.is_ascii_punctuation()).collect() } else { s.to_string() };
+        let mut t: String = if self.strip_punctuation {
+            s.chars().filter(|c| !c.is_ascii_punctuation() && !matches!(c, '。' | '，' | '、' | '！' | '？' | '：' | '；')).collect()
+        } else {
+            s.to_string()
+        };
         if self.case_insensitive {
             t = t.to_lowercase();
+        }
+        if self.strip_articles {
+            t = t.split_whitespace().filter(|w| !matches!(w.to_lowercase().as_str(), "a" | "an" | "the")).collect::<Vec<_>>().join(" ");
         }
         if self.collapse_whitespace {
             t = t.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -156,7 +170,7 @@ mod tests {
 
     #[test]
     fn each_rule() {
-        let norm = Normalise { case_insensitive: true, trim: true, collapse_whitespace: true, strip_punctuation: true };
+        let norm = Normalise::squad();
         assert_eq!(Rule::ExactMatch { normalise: norm }.score("  Paris. ", Some("paris")), 1.0);
         assert_eq!(Rule::ExactMatch { normalise: Normalise::default() }.score("Paris.", Some("Paris")), 0.0);
         assert_eq!(Rule::Contains { text: Some("ambulance".into()), case_insensitive: false }.score("Call an ambulance now", None), 1.0);

@@ -112,7 +112,7 @@ pub fn suite_spec(u: &EvalUi, workspace: &std::path::Path) -> Result<SuiteSpec, 
     }
     let mut metrics = Vec::new();
     if u.exact {
-        metrics.push(MetricSpec::ExactMatch { normalise: Normalise::default() });
+        metrics.push(MetricSpec::ExactMatch { normalise: Normalise::squad() });
     }
     if u.contains {
         metrics.push(MetricSpec::Contains { case_insensitive: true });
