@@ -144,7 +144,8 @@ pub struct WorkbenchApp {
     pub train_ui: panels::train::TrainUi,
     pub runs_ui: panels::runs::RunsUi,
     pub eval_ui: panels::evaluate::EvalUi,
-    pub busy: Option<Busy>,
+    /// Long work in progress, per background thread.
+    pub busy: BTreeMap<worker::Source, Busy>,
     pub log: Vec<LogLine>,
     pub show_help: bool,
     pub frame_stats: FrameStats,
@@ -204,7 +205,7 @@ impl WorkbenchApp {
             train_ui: Default::default(),
             runs_ui: Default::default(),
             eval_ui: Default::default(),
-            busy: None,
+            busy: BTreeMap::new(),
             log: Vec::new(),
             show_help: false,
             frame_stats: FrameStats::default(),
@@ -408,11 +409,13 @@ impl WorkbenchApp {
                     Err(e) => self.error(e),
                 }
             }
-            Reply::Progress { what, done, total } => {
-                let since = self.busy.as_ref().filter(|b| b.what == what).map_or_else(Instant::now, |b| b.since);
-                self.busy = Some(Busy { what, done, total, since });
+            Reply::Progress { source, what, done, total } => {
+                let since = self.busy.get(&source).filter(|b| b.what == what).map_or_else(Instant::now, |b| b.since);
+                self.busy.insert(source, Busy { what, done, total, since });
             }
-            Reply::ProgressDone => self.busy = None,
+            Reply::ProgressDone(source) => {
+                self.busy.remove(&source);
+            }
             Reply::Info(s) => self.info(s),
             Reply::Error(s) => self.error(s),
         }
@@ -587,7 +590,8 @@ impl WorkbenchApp {
                 let eta = panels::train::eta(j);
                 ui.add(egui::ProgressBar::new(done as f32 / total as f32).desired_width(180.0).text(format!("{} {done}/{total}", j.method)));
                 ui.label(eta);
-            } else if let Some(b) = &self.busy {
+            }
+            for b in self.busy.values() {
                 let secs = b.since.elapsed().as_secs();
                 if b.total > 0 {
                     ui.add(egui::ProgressBar::new(b.done as f32 / b.total as f32).desired_width(180.0).text(format!("{} {}/{}", b.what, b.done, b.total)));
@@ -598,7 +602,8 @@ impl WorkbenchApp {
                 } else {
                     ui.label(format!("{}… {secs} s", b.what));
                 }
-            } else {
+            }
+            if self.train_ui.current.is_none() && self.busy.is_empty() {
                 ui.weak(t("Ready"));
             }
             if let Some(l) = self.log.last() {
@@ -722,7 +727,7 @@ impl eframe::App for WorkbenchApp {
             }
         }
         let job_running = self.train_ui.current.as_ref().is_some_and(|j| j.is_running());
-        if job_running || self.busy.is_some() || self.models_ui.generating.is_some() || self.eval_ui.running {
+        if job_running || !self.busy.is_empty() || self.models_ui.generating.is_some() || self.eval_ui.running {
             ui.ctx().request_repaint_after(Duration::from_millis(100));
         }
         let ms = started.elapsed().as_secs_f64() * 1e3;

@@ -131,10 +131,18 @@ pub enum Reply {
     ModelInfo(PathBuf, Result<ModelInfo, String>),
     ChatDelta(String),
     ChatDone(Result<String, String>),
-    Progress { what: String, done: usize, total: usize },
-    ProgressDone,
+    /// Long work on one of the two threads (each has its own indicator).
+    Progress { source: Source, what: String, done: usize, total: usize },
+    ProgressDone(Source),
     Info(String),
     Error(String),
+}
+
+/// Which background thread a progress report comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Data,
+    Model,
 }
 
 pub struct Workers {
@@ -176,7 +184,7 @@ fn data_loop(rx: Receiver<DataCmd>, out: Out) {
     let mut st = DataState { ws: None, current: None };
     for cmd in rx {
         if let Err(e) = handle_data(&mut st, cmd, &out) {
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Data));
             out.send(Reply::Error(format!("{e:#}")));
         }
     }
@@ -217,7 +225,7 @@ fn send_dataset(st: &mut DataState, out: &Out, dataset: &str, version: Option<u3
 }
 
 fn progress(out: &Out, what: &str) {
-    out.send(Reply::Progress { what: what.into(), done: 0, total: 0 });
+    out.send(Reply::Progress { source: Source::Data, what: what.into(), done: 0, total: 0 });
 }
 
 fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
@@ -238,12 +246,12 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             st.ws = Some(crate::gui::demo::create(&p)?);
             st.current = None;
             workspace_reply(st, out, true)?;
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Data));
         }
         DataCmd::Import { path, name } => {
             progress(out, &format!("Importing {}", path.display()));
             let v = ws(st)?.import(&path, name.as_deref(), &[])?;
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Data));
             out.send(Reply::Info(format!("Imported {} rows as {}", v.rows, v.dataset)));
             send_workspace(st, out)?;
             send_dataset(st, out, &v.dataset.clone(), None)?;
@@ -293,7 +301,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             let w = ws(st)?;
             let (v, t) = w.load(&dataset, None)?;
             let groups = curate::find_duplicates(&t, &v.roles, &[], threshold)?;
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Data));
             out.send(Reply::Duplicates(groups));
         }
         DataCmd::DropRows { dataset, rows, operation } => {
@@ -306,7 +314,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             progress(out, "Scanning for personal data");
             let (_, t) = ws(st)?.load(&dataset, None)?;
             let hits = curate::scan_pii(&t, &[])?;
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Data));
             out.send(Reply::Pii(hits));
         }
         DataCmd::RedactPii { dataset } => {
@@ -321,7 +329,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             let tok = whetstone_engine::text::tokenizer::Tokenizer::load(&model)?;
             let (v, t) = ws(st)?.load(&dataset, None)?;
             let s = curate::token_stats(&t, &v.roles, &tok, max_seq_len, 24)?;
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Data));
             out.send(Reply::TokenStats(s));
         }
         DataCmd::CommitLabels { dataset } => {
@@ -401,7 +409,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
         DataCmd::ExportRun { run, out: dir, merge } => {
             progress(out, "Exporting the model");
             let kind = whetstone_engine::train::job::export_run(&run, &dir, merge, whetstone_engine::io::safetensors::SaveDtype::F32)?;
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Data));
             out.send(Reply::Info(format!("Exported {kind:?} to {}", dir.display())));
         }
     }
@@ -456,9 +464,9 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
     let device = whetstone_engine::Device::flex();
     let load = |p: &PathBuf, cache: &mut HashMap<PathBuf, LoadedModel>| -> Result<()> {
         if !cache.contains_key(p) {
-            out.send(Reply::Progress { what: format!("Loading {}", p.display()), done: 0, total: 0 });
+            out.send(Reply::Progress { source: Source::Model, what: format!("Loading {}", p.display()), done: 0, total: 0 });
             let m = LoadedModel::load(p, &device).with_context(|| p.display().to_string());
-            out.send(Reply::ProgressDone);
+            out.send(Reply::ProgressDone(Source::Model));
             let m = m?;
             cache.insert(p.clone(), m);
         }
@@ -491,14 +499,14 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
                 let r = (|| -> Result<(EvalResult, Vec<Vote>)> {
                     let o = out.clone();
                     let r = whetstone_engine::eval::suite::run_suite(&spec, &device, &mut |done, total| {
-                        o.send(Reply::Progress { what: "Evaluating".into(), done, total });
+                        o.send(Reply::Progress { source: Source::Model, what: "Evaluating".into(), done, total });
                         true
                     })?;
                     let mut ws = Workspace::open(&workspace)?;
                     ws.save_eval(&r)?;
                     Ok((r, Vec::new()))
                 })();
-                out.send(Reply::ProgressDone);
+                out.send(Reply::ProgressDone(Source::Model));
                 match r {
                     Ok((r, votes)) => {
                         let ratings = vote_ratings(&r, &votes, 0, 0);
@@ -515,11 +523,11 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
                     let m = &cache[&model];
                     let o = out.clone();
                     whetstone_engine::data::labels::draft_candidates(&mut ws, &dataset, m, &model.display().to_string(), k, &opts, limit, &mut |done, total| {
-                        o.send(Reply::Progress { what: "Drafting answers".into(), done, total });
+                        o.send(Reply::Progress { source: Source::Model, what: "Drafting answers".into(), done, total });
                         true
                     })
                 })();
-                out.send(Reply::ProgressDone);
+                out.send(Reply::ProgressDone(Source::Model));
                 match r {
                     Ok(n) => out.send(Reply::Info(format!("Drafted {n} answers; they are waiting in the pairwise queue"))),
                     Err(e) => out.send(Reply::Error(format!("{e:#}"))),
