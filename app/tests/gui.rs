@@ -62,6 +62,12 @@ fn pick(h: &mut Harness<'static, WorkbenchApp>, label: &str, option: &str) {
     }
 }
 
+/// Comparison for pages whose charts show timings (tokens/s, step times) that differ between
+/// runs: up to ~7 % of the pixels may differ, which still catches a broken layout.
+fn loose() -> egui_kittest::SnapshotOptions {
+    egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(90_000)
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -252,7 +258,7 @@ fn a_tiny_sft_job_draws_live_points_and_keeps_the_ui_responsive() {
     assert!(stats.max_ms_while_job < 250.0, "a frame took {:.0} ms while the job ran: engine work on the UI thread? {stats:?}", stats.max_ms_while_job);
     h.get_by_label("finished");
     // Timings (tokens/s, run name) vary between runs: compare the layout loosely.
-    h.snapshot_options("train_page", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+    h.snapshot_options("train_page", &loose());
     // The run is listed with its provenance on the Runs page.
     nav(&mut h, "Runs");
     settle(&mut h, "the run list", 20, |a| a.runs_ui.runs.iter().any(|r| r.status == "finished"));
@@ -362,7 +368,7 @@ fn sft_then_dpo_on_the_demo_model_then_export_without_the_terminal() {
     settle(&mut h, "the export", 60, |a| a.log.iter().any(|l| l.text.starts_with("Exported")));
     assert!(out.join("config.json").exists() && out.join("model.safetensors").exists(), "{:?}", log(h.state()));
     no_errors(h.state());
-    h.snapshot_options("runs_page", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+    h.snapshot_options("runs_page", &loose());
 }
 
 #[test]
@@ -386,7 +392,7 @@ fn models_page_shows_the_model_and_streams_a_reply() {
     assert!(!reply.is_empty());
     assert!(h.state().models_ui.last_speed.contains("tokens/s"));
     no_errors(h.state());
-    h.snapshot_options("models_page", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+    h.snapshot_options("models_page", &loose());
 }
 
 #[test]
@@ -476,7 +482,7 @@ fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
     assert!(tuned.lo > base.hi, "the intervals do not overlap");
     assert_eq!(h.state().eval_ui.tab, whetstone::gui::panels::evaluate::EvalTab::Results);
     h.get_by_label_contains("vs models-tiny-llama: +");
-    h.snapshot_options("evaluate_results", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+    h.snapshot_options("evaluate_results", &loose());
 
     // Blind A/B from the keyboard: the annotator prefers the tuned model's answers.
     h.get_by_role_and_label(Role::Button, "Blind A/B").click();
@@ -494,7 +500,7 @@ fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
     let tuned_rating = rt.ratings.iter().find(|x| x.model == r.summary[1].model).unwrap();
     assert_eq!(tuned_rating.win_rate, 1.0);
     assert!(tuned_rating.elo > 1000.0);
-    h.snapshot_options("evaluate_blind", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(40_000));
+    h.snapshot_options("evaluate_blind", &loose());
     h.get_by_role_and_label(Role::Button, "Save votes as a preference dataset").click();
     settle(&mut h, "the A/B preference dataset", 20, |a| a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "triage-level-ab-preferences" && d.rows == 20)));
 
