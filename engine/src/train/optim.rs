@@ -260,3 +260,4 @@ mod tests {
         assert_eq!(clip_scale(100.0, None), 1.0);
     }
 }
+
