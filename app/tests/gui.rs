@@ -48,6 +48,14 @@ fn nav(h: &mut Harness<'static, WorkbenchApp>, page: &str) {
     h.step();
 }
 
+/// Focus the text field labelled `label` and type `text` into it.
+fn type_into(h: &mut Harness<'static, WorkbenchApp>, label: &str, text: &str) {
+    h.get_by_label(label).focus();
+    h.step();
+    h.get_by_label(label).type_text(text);
+    h.step();
+}
+
 /// Choose `option` in the combo box labelled `label`.
 fn pick(h: &mut Harness<'static, WorkbenchApp>, label: &str, option: &str) {
     h.get_by_label(label).click();
@@ -86,10 +94,7 @@ fn first_start_opens_the_demo_workspace_with_real_content() {
     assert!(app.settings.models.iter().any(|m| m.ends_with("models/tiny-llama")), "{:?}", app.settings.models);
     h.get_by_label("20 of 20 rows");
     // Search narrows the table (on the data thread).
-    h.get_by_label("Search").focus();
-    h.step();
-    h.get_by_label("Search").type_text("chest");
-    h.step();
+    type_into(&mut h, "Search", "chest");
     h.get_by_role_and_label(Role::Button, "Apply").click();
     settle(&mut h, "search results", 20, |a| a.ds.as_ref().is_some_and(|d| d.rows.len() == 1));
     h.get_by_label("1 of 20 rows");
@@ -103,10 +108,7 @@ fn import_by_path_and_by_drop_then_map_roles() {
     let mut h = demo(tmp.path());
     let csv = tmp.path().join("notes.csv");
     std::fs::write(&csv, "instruction,output,topic\nHow do I book?,Call reception.,admin\n\"Say \"\"hi\"\"\",Hi!,chat\n").unwrap();
-    h.get_by_label("File to import").focus();
-    h.step();
-    h.get_by_label("File to import").type_text(csv.to_str().unwrap());
-    h.step();
+    type_into(&mut h, "File to import", csv.to_str().unwrap());
     h.get_by_role_and_label(Role::Button, "Import").click();
     settle(&mut h, "the import", 20, |a| a.data_ui.mapping.is_some());
     h.get_by_label("Column roles");
@@ -358,10 +360,7 @@ fn sft_then_dpo_on_the_demo_model_then_export_without_the_terminal() {
     h.state_mut().runs_ui.selected.insert(dpo_name);
     h.step();
     let out = tmp.path().join("exported");
-    h.get_by_label("Export to folder").focus();
-    h.step();
-    h.get_by_label("Export to folder").type_text(out.to_str().unwrap());
-    h.step();
+    type_into(&mut h, "Export to folder", out.to_str().unwrap());
     h.get_by_label("Merge LoRA adapter into the model").click();
     h.step();
     h.get_by_role_and_label(Role::Button, "Export model").click();
@@ -381,10 +380,7 @@ fn models_page_shows_the_model_and_streams_a_reply() {
     h.get_by_role_and_label(Role::Button, "models/tiny-llama").click();
     settle(&mut h, "the model info", 60, |a| a.models_ui.infos.values().any(|i| i.is_ok()));
     h.get_by_label("Architecture");
-    h.get_by_label("Message").focus();
-    h.step();
-    h.get_by_label("Message").type_text("Fever and stiff neck?");
-    h.step();
+    type_into(&mut h, "Message", "Fever and stiff neck?");
     h.get_by_role_and_label(Role::Button, "Send").click();
     h.step();
     settle(&mut h, "the reply", 60, |a| a.models_ui.generating.is_none() && a.models_ui.chat.len() == 2);

@@ -209,13 +209,13 @@ fn send_dataset(st: &mut DataState, out: &Out, dataset: &str, version: Option<u3
     let w = ws(st)?;
     let (info, table) = w.load(dataset, version)?;
     let versions = w.versions(dataset)?;
-    let mut labels: HashMap<String, BTreeMap<String, Value>> = HashMap::new();
     let mut all = w.labels(dataset, None)?;
+    let summaries = whetstone_engine::data::labels::summarise_labels(&all);
     all.sort_by(|a, b| a.updated_at.cmp(&b.updated_at));
+    let mut labels: HashMap<String, BTreeMap<String, Value>> = HashMap::new();
     for l in all {
         labels.entry(l.record).or_default().insert(l.kind, l.value);
     }
-    let summaries = w.label_summaries(dataset, None)?;
     let tags = w.tag_set(dataset)?;
     let ids = table.ids()?;
     let table = Arc::new(table);

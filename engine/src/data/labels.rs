@@ -260,19 +260,7 @@ impl Workspace {
 
     /// Per-record status/rating/tags for filters (latest across annotators when `annotator` is None).
     pub fn label_summaries(&self, dataset: &str, annotator: Option<&str>) -> Result<HashMap<String, LabelSummary>> {
-        let mut labels = self.labels(dataset, annotator)?;
-        labels.sort_by(|a, b| a.updated_at.cmp(&b.updated_at));
-        let mut out: HashMap<String, LabelSummary> = HashMap::new();
-        for l in labels {
-            let s = out.entry(l.record.clone()).or_default();
-            match l.kind.as_str() {
-                "status" => s.status = l.value.as_str().map(str::to_string),
-                "rating" => s.rating = l.value.as_u64().map(|r| r as u8),
-                "tags" => s.tags = l.value.as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()).unwrap_or_default(),
-                _ => {}
-            }
-        }
-        Ok(out)
+        Ok(summarise_labels(&self.labels(dataset, annotator)?))
     }
 
     /// The audit trail, newest first, filtered by any of dataset / record / annotator.
@@ -547,6 +535,23 @@ impl Workspace {
             pairwise,
         })
     }
+}
+
+/// Per-record status/rating/tags from a list of labels (the latest value wins).
+pub fn summarise_labels(labels: &[Label]) -> HashMap<String, LabelSummary> {
+    let mut labels: Vec<&Label> = labels.iter().collect();
+    labels.sort_by(|a, b| a.updated_at.cmp(&b.updated_at));
+    let mut out: HashMap<String, LabelSummary> = HashMap::new();
+    for l in labels {
+        let s = out.entry(l.record.clone()).or_default();
+        match l.kind.as_str() {
+            "status" => s.status = l.value.as_str().map(str::to_string),
+            "rating" => s.rating = l.value.as_u64().map(|r| r as u8),
+            "tags" => s.tags = l.value.as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn write_label(tx: &rusqlite::Transaction, dataset: &str, record: &str, annotator: &str, kind: &str, value: Option<&str>, at: &str) -> Result<()> {
