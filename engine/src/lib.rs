@@ -7,6 +7,7 @@ pub mod device;
 pub mod eval;
 pub mod generate;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod text;
 pub mod train;

@@ -9,6 +9,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData, activation};
 use super::config::{ModelConfig, RopeScaling};
 use super::lora::Proj;
 use crate::io::HostTensor;
+use crate::kernels;
 
 /// A `[d_in, d_out]` linear layer from a PyTorch `[out, in]` weight (and optional bias).
 pub fn linear_from_host(w: &HostTensor, b: Option<&HostTensor>, device: &Device) -> Linear {
@@ -28,6 +29,15 @@ pub fn linear_from_host(w: &HostTensor, b: Option<&HostTensor>, device: &Device)
     Linear {
         weight: Param::from_tensor(Tensor::from_data(TensorData::new(t, [inp, out]), device)),
         bias: b.map(|b| param1(b, device)),
+    }
+}
+
+/// `x · W (+ b)` over the last dimension, through the fused GEMM kernel on flex.
+pub fn linear_forward<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let y = kernels::linear::matmul_last(x, l.weight.val());
+    match &l.bias {
+        Some(b) => y + b.val().unsqueeze::<D>(),
+        None => y,
     }
 }
 
@@ -69,6 +79,9 @@ impl Norm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.rms && self.bias.is_none() {
+            return crate::kernels::norm::rms_norm(x, self.weight.val(), self.eps);
+        }
         let w = self.weight.val().unsqueeze::<D>();
         let y = if self.rms {
             let var = x.clone().square().mean_dim(D - 1);
@@ -200,16 +213,18 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self.q.forward(x.clone()).reshape([b, t, h, dh]).swap_dims(1, 2);
-        let k = self.k.forward(x.clone()).reshape([b, t, kvh, dh]).swap_dims(1, 2);
+        // `[B, T, heads, Dh]`; the per-head norms (Qwen3) act on the last dimension, so they
+        // can run before the heads are split out.
+        let q = self.q.forward(x.clone()).reshape([b, t, h, dh]);
+        let k = self.k.forward(x.clone()).reshape([b, t, kvh, dh]);
         let v = self.v.forward(x).reshape([b, t, kvh, dh]).swap_dims(1, 2);
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(q), kn.forward(k)),
             _ => (q, k),
         };
         let (q, k) = match rope {
-            Some((cos, sin)) => (apply_rope(q, cos, sin), apply_rope(k, cos, sin)),
-            None => (q, k),
+            Some((cos, sin)) => (kernels::attention::rope_heads(q, cos, sin), kernels::attention::rope_heads(k, cos, sin)),
+            None => (q.swap_dims(1, 2), k.swap_dims(1, 2)),
         };
         let (k, v) = match cache {
             Some(slot) => {
@@ -233,11 +248,7 @@ impl Attention {
             (k, v)
         };
         let scale = 1.0 / (dh as f64).sqrt();
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        if let Some(m) = mask {
-            scores = scores.mask_fill(m.clone(), f32::NEG_INFINITY);
-        }
-        let p = activation::softmax(scores, 3);
+        let p = kernels::attention::softmax_scores(q.matmul(k.swap_dims(2, 3)), scale, mask);
         let out = p.matmul(v).swap_dims(1, 2).reshape([b, t, h * dh]);
         self.o.forward(out)
     }
@@ -255,7 +266,7 @@ pub struct Mlp {
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = match &self.gate {
-            Some(g) => activation::silu(g.forward(x.clone())) * self.up.forward(x),
+            Some(g) => kernels::mlp::swiglu(g.forward(x.clone()), self.up.forward(x)),
             None => activation::gelu_approximate(self.up.forward(x)),
         };
         self.down.forward(h)

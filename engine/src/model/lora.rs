@@ -70,7 +70,7 @@ impl Proj {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = self.base.forward(x.clone());
+        let y = super::blocks::linear_forward(&self.base, x.clone());
         match &self.lora {
             None => y,
             Some(l) => {
@@ -80,9 +80,8 @@ impl Proj {
                 } else {
                     x
                 };
-                let a = l.a.val().unsqueeze::<D>();
-                let b = l.b.val().unsqueeze::<D>();
-                y + x.matmul(a).matmul(b) * l.scale
+                let xa = crate::kernels::linear::matmul_last(x, l.a.val());
+                y + crate::kernels::linear::matmul_last(xa, l.b.val()) * l.scale
             }
         }
     }
@@ -202,8 +201,15 @@ pub fn load_peft(model: Transformer, dir: &Path) -> Result<(Transformer, LoraCon
     let load = |key: String, rows: usize, cols: usize| -> Result<Tensor<2>> {
         let t = st.get(&key).map_err(|e| anyhow!("{}: {e:#}", dir.display()))?;
         super::check_shape(&key, &t.shape, &[rows, cols], &dir.display().to_string())?;
-        // PEFT stores the transposes of our [in, r] / [r, out] factors.
-        Ok(Tensor::<2>::from_data(TensorData::new(t.data, [rows, cols]), &device).transpose())
+        // PEFT stores the transposes of our [in, r] / [r, out] factors. Transposed on the host,
+        // so the factors are laid out exactly as trained ones (same GEMM path, same bits).
+        let mut tr = vec![0f32; t.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                tr[c * rows + r] = t.data[r * cols + c];
+            }
+        }
+        Ok(Tensor::<2>::from_data(TensorData::new(tr, [cols, rows]), &device))
     };
     for (i, l) in m.layers.iter_mut().enumerate() {
         let mut slots: Vec<(&'static str, &mut Proj)> =

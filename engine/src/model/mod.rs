@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::io::gguf::GgufFile;
@@ -250,11 +250,10 @@ impl LoadedModel {
         self.check_len(ids.len())?;
         let t = ids.len();
         let logits = self.model.forward(ids_tensor(ids, &self.device), None);
-        let lp = activation::log_softmax(logits.slice_dim(1, 0..t - 1), 2);
         let targets: Vec<i32> = ids[1..].iter().map(|&x| x as i32).collect();
-        let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, t - 1, 1]), &self.device);
-        let g = lp.gather(2, idx);
-        g.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))
+        let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [1, t - 1]), &self.device);
+        let (lp, _) = crate::kernels::cross_entropy::token_logprobs(logits.slice_dim(1, 0..t - 1), &idx);
+        lp.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))
     }
 
     pub fn check_len(&self, n: usize) -> Result<()> {

@@ -251,13 +251,9 @@ impl Transformer {
     /// Logits `[B, T, vocab]` from hidden states.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => {
-                let [b, t, h] = hidden.dims();
-                let w = self.embed.val(); // [vocab, hidden]
-                let v = w.dims()[0];
-                hidden.reshape([b * t, h]).matmul(w.transpose()).reshape([b, t, v])
-            }
+            Some(head) => super::blocks::linear_forward(head, hidden),
+            // `embed` is `[vocab, hidden]`; its transpose is a strided view, not a copy.
+            None => crate::kernels::linear::matmul_last(hidden, self.embed.val().transpose()),
         }
     }
 

@@ -49,11 +49,9 @@ impl DistillTrainer {
         let tb = make_batch(examples, pad, &tdev);
         let teacher_logits = Tensor::from_inner(self.teacher.forward(tb.inputs, None)).to_device(&sdev);
         let student_logits = self.student.forward(sb.inputs.clone(), None);
-        let [b, t, _] = student_logits.dims();
         let kd = distill_loss(student_logits.clone(), teacher_logits.clone(), sb.weights.clone(), self.temperature, self.divergence);
         let kl1 = distill_loss(student_logits.clone().detach(), teacher_logits, sb.weights.clone(), 1.0, Divergence::ForwardKl);
-        let lp = burn::tensor::activation::log_softmax(student_logits, 2);
-        let nll = lp.gather(2, sb.targets.clone().reshape([b, t, 1])).reshape([b, t]).neg();
+        let nll = crate::kernels::cross_entropy::token_logprobs(student_logits, &sb.targets).0.neg();
         let sft = (nll * sb.weights.clone()).sum() / (sb.n_targets.max(1) as f64);
         let loss = kd.clone() * (1.0 - self.sft_weight) + sft.clone() * self.sft_weight;
         let scalar = |x: Tensor<1>| x.into_scalar::<f32>() as f64;

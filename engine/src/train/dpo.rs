@@ -16,9 +16,7 @@ use crate::model::Transformer;
 /// Log-probability of every next token, `[B, T]` (pad positions included; mask with weights).
 pub fn token_logps(model: &Transformer, batch: &Batch) -> Tensor<2> {
     let logits = model.forward(batch.inputs.clone(), None);
-    let [b, t, _] = logits.dims();
-    let lp = burn::tensor::activation::log_softmax(logits, 2);
-    lp.gather(2, batch.targets.clone().reshape([b, t, 1])).reshape([b, t])
+    crate::kernels::cross_entropy::token_logprobs(logits, &batch.targets).0
 }
 
 /// Summed log-probability of each row's target tokens, `[B]`.

@@ -117,10 +117,33 @@ impl ModuleMapper for AdamWMapper<'_> {
         let shape = tensor.dims();
         let n: usize = shape.iter().product();
         let p = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]) * self.grad_scale;
         let key = self.path.join(".");
-        let (m, v) = match self.opt.state.remove(&key) {
-            Some(s) => (s.m * c.beta1 + g.clone() * (1.0 - c.beta1), s.v * c.beta2 + g.square() * (1.0 - c.beta2)),
+        let prev = self.opt.state.remove(&key).map(|s| (s.m, s.v));
+        let step = crate::kernels::optim::AdamWStep {
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            sqrt_bc2: (1.0 - c.beta2.powi(t)).sqrt() as f32,
+            eps: c.eps as f32,
+            decay: (c.weight_decay != 0.0).then(|| (1.0 - self.lr * c.weight_decay) as f32),
+            step_size: (self.lr / (1.0 - c.beta1.powi(t))) as f32,
+            grad_scale: self.grad_scale as f32,
+        };
+        let (p, grad, prev) = match crate::kernels::optim::adamw_update(p, grad.reshape([n]), prev, step) {
+            Ok((p, m, v)) => {
+                self.opt.state.insert(key, Moments { m, v });
+                let mut out = Tensor::from_inner(p.reshape(shape));
+                if require_grad {
+                    out = out.require_grad();
+                }
+                return Param::from_mapped_value(id, out, mapper);
+            }
+            Err(inputs) => inputs,
+        };
+        let g = grad * self.grad_scale;
+        let (m, v) = match prev {
+            Some((m, v)) => (m * c.beta1 + g.clone() * (1.0 - c.beta1), v * c.beta2 + g.square() * (1.0 - c.beta2)),
             None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
         };
         // torch: p *= 1 - lr*wd; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
@@ -152,10 +175,15 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     struct Acc<'a> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<1>>,
+        host: f64,
     }
     impl ModuleVisitor for Acc<'_> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(p.id) {
+                if let Some(s) = crate::kernels::optim::sum_squares(&g) {
+                    self.host += s;
+                    return;
+                }
                 let s = g.square().sum();
                 self.sum = Some(match self.sum.take() {
                     Some(a) => a + s,
@@ -164,9 +192,9 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
             }
         }
     }
-    let mut acc = Acc { grads, sum: None };
+    let mut acc = Acc { grads, sum: None, host: 0.0 };
     module.visit(&mut acc);
-    acc.sum.map(|s| (s.into_scalar::<f32>() as f64).sqrt()).unwrap_or(0.0)
+    (acc.host + acc.sum.map(|s| s.into_scalar::<f32>() as f64).unwrap_or(0.0)).sqrt()
 }
 
 /// The clip_grad_norm_ factor: `min(1, max_norm / (norm + 1e-6))`; 1 when clipping is off.

@@ -3,7 +3,7 @@
 //! truncate to `max_seq_len`, and minimise the mean token cross-entropy.
 
 use anyhow::{Result, bail};
-use burn::tensor::{Int, Tensor, TensorData, activation};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Transformer;
@@ -197,12 +197,9 @@ pub fn nll_sum(model: &Transformer, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
         Some((pos, seg)) => model.logits(model.forward_hidden_packed(batch.inputs.clone(), pos, seg)),
         None => model.forward(batch.inputs.clone(), None),
     };
-    let [b, t, _] = logits.dims();
-    let lp = activation::log_softmax(logits, 2);
-    let tok_lp = lp.clone().gather(2, batch.targets.clone().reshape([b, t, 1])).reshape([b, t]);
     // A target counts as predicted when its log-prob is the row maximum (argmax, ties aside).
-    let best = lp.detach().max_dim(2).reshape([b, t]);
-    let correct = tok_lp.clone().detach().greater_equal(best).float().mul(batch.weights.clone()).sum();
+    let (tok_lp, correct) = crate::kernels::cross_entropy::token_logprobs(logits, &batch.targets);
+    let correct = correct.mul(batch.weights.clone()).sum();
     let nll = tok_lp.neg().mul(batch.weights.clone()).sum();
     (nll, correct)
 }

@@ -1,0 +1,193 @@
+//! Fused CPU kernels for burn's `flex` backend, with their own backward passes.
+//!
+//! burn's flex backend runs every elementwise op on one thread, one op at a time, and its
+//! autodiff decorator records composite ops (softmax, SiLU, RMSNorm, RoPE, cross-entropy) as
+//! chains of such ops. In a training step that chain of single-threaded passes cost as much
+//! wall time as all the matrix multiplies together. Each kernel here does one such chain in one
+//! or two passes, split over rayon's threads, with a vectorised `exp`:
+//!
+//! - [`cross_entropy::token_logprobs`]: log-softmax + gather (+ argmax check) over the LM head;
+//! - [`attention::softmax_scores`]: scale, mask and softmax of attention scores;
+//! - [`attention::rope_heads`]: the `[B,T,H,Dh] → [B,H,T,Dh]` head split fused with RoPE;
+//! - [`linear::matmul_last`]: `x · W` for projections and the LM head, one GEMM per product;
+//! - [`mlp::swiglu`]: `silu(gate) * up`;
+//! - [`norm::rms_norm`]: RMSNorm;
+//! - [`optim::adamw_update`] and [`optim::sum_squares`]: the optimiser's update and the gradient
+//!   norm, in place.
+//!
+//! Every kernel is reached through a function that takes and returns ordinary `Tensor`s. It
+//! runs the fused kernel when the tensors live on flex (with or without autodiff), and otherwise
+//! (wgpu, CUDA, or `WHETSTONE_FUSED=0`) the composite burn ops it replaces, so every backend
+//! computes the same function. Tests in `tests/kernels.rs` check values and gradients of both
+//! paths against each other.
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod optim;
+mod simd;
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// The autodiff backend over flex that `Device::flex().autodiff()` creates.
+pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
+/// Its float primitive: a flex tensor plus its graph node.
+pub(crate) type AdTensor = burn::backend::tensor::FloatTensor<Ad>;
+
+thread_local! {
+    static COMPOSITE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether fused kernels are on: `WHETSTONE_FUSED=0` turns them off for the process,
+/// [`composite`] for one closure on this thread.
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    !COMPOSITE.get() && *ON.get_or_init(|| std::env::var("WHETSTONE_FUSED").map(|v| v != "0").unwrap_or(true))
+}
+
+/// Run `f` with the composite burn ops instead of the fused kernels (on this thread), e.g. to
+/// compare the two.
+pub fn composite<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            COMPOSITE.set(self.0);
+        }
+    }
+    let _reset = Reset(COMPOSITE.replace(true));
+    f()
+}
+
+/// A float tensor's primitive when it lives on flex as f32: plain, or inside autodiff.
+pub(crate) enum Prim {
+    Plain(FlexTensor),
+    Ad(AdTensor),
+}
+
+impl Prim {
+    pub(crate) fn flex(&self) -> &FlexTensor {
+        match self {
+            Prim::Plain(t) => t,
+            Prim::Ad(t) => t.primitive(),
+        }
+    }
+}
+
+/// The primitive of `t`, or `None` when it is not an f32 flex tensor (or kernels are off).
+pub(crate) fn prim<const D: usize>(t: &Tensor<D>) -> Option<Prim> {
+    if !enabled() {
+        return None;
+    }
+    if let Ok(p) = t.clone().try_into_primitive::<Flex>() {
+        return (p.dtype() == DType::F32).then_some(Prim::Plain(p));
+    }
+    if let Ok(p) = t.clone().try_into_primitive::<Ad>() {
+        return (p.primitive().dtype() == DType::F32).then_some(Prim::Ad(p));
+    }
+    None
+}
+
+/// All primitives of one call, when every one is on flex and they agree on autodiff.
+pub(crate) fn prims<const N: usize, const D: usize>(ts: [&Tensor<D>; N]) -> Option<[Prim; N]> {
+    let mut out = Vec::with_capacity(N);
+    for t in ts {
+        out.push(prim(t)?);
+    }
+    let ad = matches!(out[0], Prim::Ad(_));
+    if out.iter().any(|p| matches!(p, Prim::Ad(_)) != ad) {
+        return None;
+    }
+    out.try_into().ok()
+}
+
+/// The primitives of two tensors of any ranks, when both are on flex and agree on autodiff.
+pub(crate) fn prim_pair<const A: usize, const B: usize>(a: &Tensor<A>, b: &Tensor<B>) -> Option<(Prim, Prim)> {
+    match (prim(a)?, prim(b)?) {
+        (x @ Prim::Plain(_), y @ Prim::Plain(_)) | (x @ Prim::Ad(_), y @ Prim::Ad(_)) => Some((x, y)),
+        _ => None,
+    }
+}
+
+/// A contiguous f32 view of a flex tensor (copied only when it is a strided view).
+pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() { t.clone() } else { t.to_contiguous() }
+}
+
+pub(crate) fn data(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 flex tensor")
+}
+
+/// A new flex tensor from host values.
+pub(crate) fn flex_from(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+/// The whole buffer of `t` for writing in place, when `t` is its only holder and views all of it.
+pub(crate) fn exclusive_buf(t: &mut FlexTensor) -> Option<&mut [f32]> {
+    let n = t.layout().num_elements();
+    if t.layout().contiguous_offsets() != Some((0, n)) {
+        return None;
+    }
+    t.try_storage_mut::<f32>().filter(|b| b.len() == n)
+}
+
+/// Wrap a result primitive back into a `Tensor`, on the same kind of device as the inputs.
+pub(crate) fn plain_tensor<const D: usize>(t: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(t)
+}
+
+pub(crate) fn ad_tensor<const D: usize>(t: AdTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Ad>(t)
+}
+
+/// Below this many elements touched, a kernel runs on the calling thread: handing a few
+/// thousand elements to rayon's pool costs more than it saves (decoding one token makes
+/// hundreds of such calls).
+pub(crate) const PAR_MIN: usize = 1 << 14;
+
+/// `f(i, chunk)` for each `chunk`-long piece of `buf`, on rayon's pool when `work` is large.
+pub(crate) fn for_chunks<T: Send>(buf: &mut [T], chunk: usize, work: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    let chunk = chunk.max(1);
+    if work < PAR_MIN {
+        buf.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        buf.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// As [`for_chunks`], over two buffers cut into the same number of pieces.
+pub(crate) fn for_chunks2<A: Send, B: Send>(
+    a: &mut [A],
+    ca: usize,
+    b: &mut [B],
+    cb: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+) {
+    let (ca, cb) = (ca.max(1), cb.max(1));
+    if work < PAR_MIN {
+        a.chunks_mut(ca).zip(b.chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    } else {
+        a.par_chunks_mut(ca).zip(b.par_chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    }
+}
+
+/// `[f(0), …, f(n-1)]` in order, computed on rayon's pool when `work` is large.
+pub(crate) fn map_range<R: Send>(n: usize, work: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if work < PAR_MIN { (0..n).map(f).collect() } else { (0..n).into_par_iter().map(f).collect() }
+}
+
+/// A vector `[0, n)` split into chunks of about `per_task` for rayon (at least one).
+pub(crate) fn chunk_len(rows: usize, row_len: usize, target_elems: usize) -> usize {
+    let per = (target_elems / row_len.max(1)).max(1);
+    per.min(rows.max(1))
+}

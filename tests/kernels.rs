@@ -1,0 +1,178 @@
+//! The fused flex kernels (`engine/src/kernels/`) compute the same values and gradients as the
+//! composite burn ops they replace, on the autodiff device and off it; and a whole training
+//! step gives the same loss, gradient norm and weights either way.
+
+mod common;
+
+use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
+use whetstone_engine::Device;
+use whetstone_engine::kernels::{self, attention, cross_entropy, mlp, norm};
+
+fn dev() -> Device {
+    Device::flex().autodiff()
+}
+
+fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().unwrap()
+}
+
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * scale, "{what}[{i}]: fused {x} vs composite {y} (scale {scale})");
+    }
+}
+
+fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 2.0), device)
+}
+
+/// Value of `f(inputs)` and the gradients of `Σ f(inputs) · r` for each input, with the fused
+/// kernels and with the composite ops.
+fn both<const D: usize, const N: usize>(inputs: [Tensor<D>; N], f: impl Fn(&[Tensor<D>]) -> Tensor<D>) -> [(Vec<f32>, Vec<Vec<f32>>); 2] {
+    let run = |inputs: &[Tensor<D>]| {
+        let xs: Vec<Tensor<D>> = inputs.iter().map(|x| x.clone().detach().require_grad()).collect();
+        let y = f(&xs);
+        let r = Tensor::<D>::random(y.dims(), Distribution::Normal(0.0, 1.0), &y.device());
+        // A fixed weighting, the same for both paths.
+        let r = Tensor::<D>::from_data(TensorData::new(seeded(r.dims().iter().product()), r.dims()), &y.device());
+        let grads = (y.clone() * r).sum().backward();
+        let gs = xs.iter().map(|x| vals(x.grad(&grads).expect("gradient"))).collect();
+        (vals(y), gs)
+    };
+    let fused = run(&inputs);
+    let composite = kernels::composite(|| run(&inputs));
+    [fused, composite]
+}
+
+fn seeded(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2.0).collect()
+}
+
+fn compare(what: &str, [fused, composite]: [(Vec<f32>, Vec<Vec<f32>>); 2], tol: f32) {
+    assert_close(&format!("{what} value"), &fused.0, &composite.0, tol);
+    for (i, (a, b)) in fused.1.iter().zip(&composite.1).enumerate() {
+        assert_close(&format!("{what} grad of input {i}"), a, b, tol);
+    }
+}
+
+#[test]
+fn rms_norm_matches_composite() {
+    let d = dev();
+    // Row lengths off the 16-lane boundary too.
+    for h in [64, 37] {
+        let x = random([3, 5, h], &d);
+        let w = random([h], &d);
+        let out = both([x.clone(), w.unsqueeze::<3>()], |xs| norm::rms_norm(xs[0].clone(), xs[1].clone().reshape([h]), 1e-5));
+        compare(&format!("rms_norm h={h}"), out, 2e-5);
+    }
+}
+
+#[test]
+fn swiglu_matches_composite() {
+    let d = dev();
+    let g = random([2, 7, 300], &d);
+    let u = random([2, 7, 300], &d);
+    compare("swiglu", both([g, u], |xs| mlp::swiglu(xs[0].clone(), xs[1].clone())), 2e-5);
+}
+
+#[test]
+fn masked_softmax_matches_composite() {
+    let d = dev();
+    let (b, h, t) = (2, 3, 19);
+    // Causal, shared by the batch.
+    let causal: Vec<bool> = (0..t).flat_map(|i| (0..t).map(move |j| j > i)).collect();
+    let mask = Tensor::<4, Bool>::from_data(TensorData::new(causal, [1, 1, t, t]), &d);
+    let s = random([b, h, t, t], &d);
+    compare("softmax causal", both([s.clone()], |xs| attention::softmax_scores(xs[0].clone(), 0.125, Some(&mask))), 2e-5);
+    // Per-row masks (packing), and no mask.
+    let packed: Vec<bool> = (0..b).flat_map(|r| (0..t).flat_map(move |i| (0..t).map(move |j| j > i || (i < 7 + r) != (j < 7 + r)))).collect();
+    let mask = Tensor::<4, Bool>::from_data(TensorData::new(packed, [b, 1, t, t]), &d);
+    compare("softmax packed", both([s.clone()], |xs| attention::softmax_scores(xs[0].clone(), 0.3, Some(&mask))), 2e-5);
+    compare("softmax unmasked", both([s], |xs| attention::softmax_scores(xs[0].clone(), 1.0, None)), 2e-5);
+}
+
+#[test]
+fn rope_head_split_matches_composite() {
+    let d = dev();
+    let (b, t, h, dh) = (2, 6, 3, 8);
+    let inv: Vec<f32> = (0..dh / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dh as f32)).collect();
+    for per_row in [false, true] {
+        let (cos, sin) = if per_row {
+            let pos: Vec<Vec<usize>> = (0..b).map(|r| (0..t).map(|i| (i + 3 * r) % 5).collect()).collect();
+            whetstone_engine::model::blocks::rope_tables_at(&inv, &pos, &d)
+        } else {
+            whetstone_engine::model::blocks::rope_tables(&inv, 2, t, &d)
+        };
+        let x = random([b, t, h, dh], &d);
+        let out = both([x], |xs| attention::rope_heads(xs[0].clone(), &cos, &sin));
+        compare(&format!("rope per_row={per_row}"), out, 2e-5);
+    }
+}
+
+#[test]
+fn token_logprobs_match_composite() {
+    let d = dev();
+    let (b, t, v) = (2, 5, 1000);
+    let logits = random([b, t, v], &d);
+    let ids: Vec<i64> = (0..b * t).map(|i| (i * 397 % v) as i64).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &d);
+    // Make one target the argmax (row 1, whose target is 397) so the flag is exercised both ways.
+    let bump = Tensor::<3>::from_data(TensorData::new((0..b * t * v).map(|i| if i == v + 397 { 50.0 } else { 0.0 }).collect::<Vec<f32>>(), [b, t, v]), &d);
+    let logits = logits + bump;
+    let run = |fused: bool| {
+        let f = || {
+            let x = logits.clone().detach().require_grad();
+            let (lp, correct) = cross_entropy::token_logprobs(x.clone(), &targets);
+            let w = Tensor::<2>::from_data(TensorData::new(seeded(b * t), [b, t]), &d);
+            let grads = (lp.clone() * w).sum().backward();
+            (vals(lp), vals(correct), vals(x.grad(&grads).unwrap()))
+        };
+        if fused { f() } else { kernels::composite(f) }
+    };
+    let (a, b_) = (run(true), run(false));
+    assert_close("log-probs", &a.0, &b_.0, 2e-6);
+    assert_eq!(a.1, b_.1, "argmax flags");
+    assert_eq!(a.1.iter().sum::<f32>(), 1.0);
+    assert_close("logit gradients", &a.2, &b_.2, 2e-5);
+}
+
+#[test]
+fn kernels_run_off_the_autodiff_device_too() {
+    let d = Device::flex();
+    let x = random([4, 33], &d);
+    let w = random([33], &d);
+    let a = vals(norm::rms_norm(x.clone(), w.clone(), 1e-6));
+    let b = kernels::composite(|| vals(norm::rms_norm(x, w, 1e-6)));
+    assert_close("plain rms_norm", &a, &b, 2e-6);
+}
+
+#[test]
+fn a_training_step_is_the_same_fused_or_composite() {
+    use whetstone_engine::model::LoadedModel;
+    use whetstone_engine::train::SftTrainer;
+    use whetstone_engine::train::optim::AdamWConfig;
+    use whetstone_engine::train::sft::{Encoded, make_batch};
+    let d = dev();
+    let m = LoadedModel::load(&common::fixture("tiny-models/llama"), &d).unwrap();
+    let ex: Vec<Encoded> =
+        (0..3).map(|r| Encoded { ids: (0..12).map(|i| ((i * 7 + r * 13) % 200) as u32).collect(), target: (0..12).map(|i| i > 3).collect() }).collect();
+    let batch = make_batch(&ex.iter().collect::<Vec<_>>(), 0, &d);
+    let run = || {
+        let mut tr = SftTrainer::new(m.model.clone(), AdamWConfig { weight_decay: 0.01, ..Default::default() }, Some(1.0));
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let s = tr.step(std::slice::from_ref(&batch), 1e-3).unwrap();
+            out.push((s.loss, s.grad_norm));
+        }
+        (out, tr.model.to_weights().layers[0].q.0.data.clone())
+    };
+    let fused = run();
+    let composite = kernels::composite(run);
+    for (i, (a, b)) in fused.0.iter().zip(&composite.0).enumerate() {
+        assert!((a.0 - b.0).abs() < 1e-5 * b.0.abs().max(1.0), "step {i} loss: fused {} vs composite {}", a.0, b.0);
+        assert!((a.1 - b.1).abs() < 1e-4 * b.1.abs().max(1.0), "step {i} grad norm: fused {} vs composite {}", a.1, b.1);
+    }
+    assert_close("weights after 3 steps", &fused.1, &composite.1, 1e-4);
+}
