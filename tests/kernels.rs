@@ -41,6 +41,8 @@ fn both<const D: usize, const N: usize>(inputs: [Tensor<D>; N], f: impl Fn(&[Ten
         let gs = xs.iter().map(|x| vals(x.grad(&grads).expect("gradient"))).collect();
         (vals(y), gs)
     };
+    // The comparison means something only if the two runs take different paths.
+    assert!(kernels::fused_for(&inputs[0]) && !kernels::composite(|| kernels::fused_for(&inputs[0])));
     let fused = run(&inputs);
     let composite = kernels::composite(|| run(&inputs));
     [fused, composite]
@@ -131,6 +133,7 @@ fn token_logprobs_match_composite() {
         };
         if fused { f() } else { kernels::composite(f) }
     };
+    assert!(kernels::fused_for(&logits) && !kernels::composite(|| kernels::fused_for(&logits)));
     let (a, b_) = (run(true), run(false));
     assert_close("log-probs", &a.0, &b_.0, 2e-6);
     assert_eq!(a.1, b_.1, "argmax flags");
@@ -139,10 +142,44 @@ fn token_logprobs_match_composite() {
 }
 
 #[test]
+fn linear_matches_composite_with_contiguous_strided_and_frozen_weights() {
+    use whetstone_engine::kernels::linear::matmul_last;
+    let d = dev();
+    let x0 = random([3, 50, 40], &d);
+    let w0 = random([40, 70], &d);
+    let wt0 = random([70, 40], &d); // used transposed: a strided [40, 70] view, as the tied LM head
+    for (name, frozen) in [("trained", false), ("frozen", true)] {
+        let run = || {
+            let x = x0.clone().detach().require_grad();
+            let w = if frozen { w0.clone().detach() } else { w0.clone().detach().require_grad() };
+            let wt = wt0.clone().detach().require_grad();
+            let y = matmul_last(x.clone(), w.clone());
+            let z = matmul_last(x.clone(), wt.clone().transpose());
+            let r = Tensor::<3>::from_data(TensorData::new(seeded(3 * 50 * 70), [3, 50, 70]), &d);
+            let grads = (y.clone() * r.clone() + z.clone() * r * 0.5).sum().backward();
+            let gw = w.grad(&grads).map(vals);
+            (vals(y), vals(z), vals(x.grad(&grads).unwrap()), gw, vals(wt.grad(&grads).unwrap()))
+        };
+        assert!(kernels::fused_for(&x0) && kernels::fused_for(&w0));
+        let a = run();
+        let b = kernels::composite(run);
+        assert_close(&format!("{name}: x·w"), &a.0, &b.0, 1e-5);
+        assert_close(&format!("{name}: x·wtᵀ"), &a.1, &b.1, 1e-5);
+        assert_close(&format!("{name}: dx"), &a.2, &b.2, 1e-5);
+        assert_eq!(a.3.is_some(), !frozen, "{name}: a weight gradient exactly when the weight trains");
+        if let (Some(ga), Some(gb)) = (&a.3, &b.3) {
+            assert_close(&format!("{name}: dw"), ga, gb, 1e-5);
+        }
+        assert_close(&format!("{name}: d(wt)"), &a.4, &b.4, 1e-5);
+    }
+}
+
+#[test]
 fn kernels_run_off_the_autodiff_device_too() {
     let d = Device::flex();
     let x = random([4, 33], &d);
     let w = random([33], &d);
+    assert!(kernels::fused_for(&x));
     let a = vals(norm::rms_norm(x.clone(), w.clone(), 1e-6));
     let b = kernels::composite(|| vals(norm::rms_norm(x, w, 1e-6)));
     assert_close("plain rms_norm", &a, &b, 2e-6);

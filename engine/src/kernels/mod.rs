@@ -96,6 +96,11 @@ pub(crate) fn prim<const D: usize>(t: &Tensor<D>) -> Option<Prim> {
     None
 }
 
+/// Whether the fused kernels would run on `t` (an f32 tensor on flex, kernels on).
+pub fn fused_for<const D: usize>(t: &Tensor<D>) -> bool {
+    prim(t).is_some()
+}
+
 /// All primitives of one call, when every one is on flex and they agree on autodiff.
 pub(crate) fn prims<const N: usize, const D: usize>(ts: [&Tensor<D>; N]) -> Option<[Prim; N]> {
     let mut out = Vec::with_capacity(N);

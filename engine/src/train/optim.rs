@@ -281,6 +281,54 @@ mod tests {
         assert!(m.w.val().is_require_grad());
     }
 
+    /// The fused in-place update (`kernels::optim`) and the composite one give the same bits,
+    /// on a parameter big enough to be split over threads, with decay, clipping scale and
+    /// several steps; and so does the global gradient norm, to f32 rounding.
+    #[test]
+    fn fused_adamw_is_bit_identical_to_the_composite_update() {
+        let dev = Device::flex().autodiff();
+        let n = 100_003;
+        let w0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 0.5).collect();
+        let c: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 3.0).collect();
+        let ct = Tensor::<1>::from_data(TensorData::new(c, [n]), &dev);
+        let run = || {
+            let mut m = One { w: Param::from_tensor(Tensor::from_data(TensorData::new(w0.clone(), [n]), &dev)) };
+            let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.05, ..Default::default() });
+            let mut norms = Vec::new();
+            for t in 1..=3 {
+                let loss = (m.w.val() * m.w.val() * ct.clone()).sum();
+                let mut g = GradientsParams::from_grads(loss.backward(), &m);
+                norms.push(global_grad_norm(&m, &g));
+                m = opt.step(m, &mut g, 1e-2 * t as f64, 0.7);
+            }
+            (m.w.val().try_into_vec_as::<f32>().unwrap(), opt.state_to_host(), norms)
+        };
+        // The fused update does run on these (inner flex) tensors, and not under `composite`.
+        let (p, g) = (Tensor::<1>::zeros([4], &Device::flex()), Tensor::<1>::ones([4], &Device::flex()));
+        let h = crate::kernels::optim::AdamWStep {
+            beta1: 0.9,
+            beta2: 0.999,
+            one_minus_beta1: 0.1,
+            one_minus_beta2: 0.001,
+            sqrt_bc2: 1.0,
+            eps: 1e-8,
+            decay: None,
+            step_size: 1.0,
+            grad_scale: 1.0,
+        };
+        assert!(crate::kernels::optim::adamw_update(p.clone(), g.clone(), None, h).is_ok());
+        assert!(crate::kernels::composite(|| crate::kernels::optim::adamw_update(p, g, None, h)).is_err());
+        let fused = run();
+        let composite = crate::kernels::composite(run);
+        assert!(fused.0 == composite.0, "parameters differ");
+        for (k, v) in &fused.1 {
+            assert!(v.data == composite.1[k].data, "{k} differs");
+        }
+        for (a, b) in fused.2.iter().zip(&composite.2) {
+            assert!((a - b).abs() <= 1e-5 * b, "grad norm {a} vs {b}");
+        }
+    }
+
     #[test]
     fn clip_factor() {
         assert_eq!(clip_scale(0.5, Some(1.0)), 1.0);
