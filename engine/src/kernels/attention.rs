@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Bool, Tensor, activation};
 
 use super::simd::{self, multiversion};
-use super::{Prim, ad_tensor, chunk_len, contiguous, data, flex_from, for_chunks, plain_tensor, prim, prims};
+use super::{Prim, ad_tensor, chunk_len, contiguous, data, flex_from, for_chunks, plain_tensor, prim, prims, record};
 
 /// `softmax(scores · scale, masked to -inf where mask is true)` over the last dimension.
 /// `scores`: `[B, H, T, S]`; `mask`: `[B or 1, 1, T, S]`. A fully masked row gives zeros.
@@ -57,11 +56,7 @@ pub fn softmax_scores(scores: Tensor<4>, scale: f64, mask: Option<&Tensor<4, Boo
             let node = ad.node();
             drop(ad);
             drop(x);
-            let res = match SoftmaxScores.prepare::<NoCheckpointing>([node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish((out.clone(), scale), out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
-            ad_tensor(res)
+            ad_tensor(record(SoftmaxScores, [node], (out.clone(), scale), out))
         }
     }
 }
@@ -154,11 +149,7 @@ pub fn rope_heads(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
             let node = ad.node();
             drop(ad);
             let state = RopeState { cos: cs, sin: sn, dims: [b, t, h, dh], cb };
-            let res = match RopeHeads.prepare::<NoCheckpointing>([node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
-            ad_tensor(res)
+            ad_tensor(record(RopeHeads, [node], state, out))
         }
     }
 }

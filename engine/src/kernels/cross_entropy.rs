@@ -11,14 +11,13 @@ use std::sync::Arc;
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Int, Tensor, activation};
 
 use super::simd::{self, multiversion};
-use super::{AdTensor, Prim, ad_tensor, contiguous, data, exclusive_buf, flex_from, for_chunks, map_range, plain_tensor, prim};
+use super::{AdTensor, Prim, ad_tensor, contiguous, data, exclusive_buf, flex_from, for_chunks, map_range, plain_tensor, prim, record};
 
 /// `(log p(target), 1 if the target is the argmax else 0)` per position, `[B, T]` each. The
 /// second is detached. Targets must be valid ids (`< vocab`).
@@ -46,11 +45,7 @@ pub fn token_logprobs(logits: Tensor<3>, targets: &Tensor<2, Int>) -> (Tensor<2>
             let node = ad.node();
             drop(ad);
             let state = State { logits: x, ids: Arc::new(ids), lse: Arc::new(lse), vocab: v };
-            let out = match TokenLogprobs.prepare::<NoCheckpointing>([node]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(state, out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
-            (ad_tensor(out), ad_tensor(AdTensor::new(correct)))
+            (ad_tensor(record(TokenLogprobs, [node], state, out)), ad_tensor(AdTensor::new(correct)))
         }
     }
 }

@@ -9,13 +9,12 @@
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
-use super::{Prim, ad_tensor, contiguous, data, flex_from, plain_tensor, prim_pair};
+use super::{Prim, ad_tensor, contiguous, data, flex_from, plain_tensor, prim_pair, record};
 
 /// A row-major view of a 2-D operand: pointer offset and (row, column) strides in elements.
 #[derive(Debug, Clone, Copy)]
@@ -97,11 +96,7 @@ fn finish<const D: usize>(px: Prim, pw: Prim, xs: FlexTensor, ws: FlexTensor, ro
         (Prim::Ad(ax), Prim::Ad(aw)) => {
             let nodes = [ax.node(), aw.node()];
             drop((ax, aw));
-            let res = match Linear.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish(LinearState { x: xs, w: ws, rows, din, dout, x_dims: dims.to_vec() }, out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
-            ad_tensor(res)
+            ad_tensor(record(Linear, nodes, LinearState { x: xs, w: ws, rows, din, dout, x_dims: dims.to_vec() }, out))
         }
         _ => plain_tensor(out),
     }

@@ -5,14 +5,13 @@
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, activation};
 
 use super::simd::{self, multiversion};
-use super::{Prim, ad_tensor, contiguous, data, flex_from, for_chunks, for_chunks2, plain_tensor, prims};
+use super::{Prim, ad_tensor, contiguous, data, flex_from, for_chunks, for_chunks2, plain_tensor, prims, record};
 
 const CHUNK: usize = 32 * 1024;
 
@@ -36,11 +35,7 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
         (Prim::Ad(ag), Prim::Ad(au)) => {
             let nodes = [ag.node(), au.node()];
             drop((ag, au));
-            let res = match SwiGlu.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish((g, u), out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
-            ad_tensor(res)
+            ad_tensor(record(SwiGlu, nodes, (g, u), out))
         }
         _ => plain_tensor(out),
     }

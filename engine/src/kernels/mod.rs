@@ -33,6 +33,7 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::ops::{Backward, NodeGuard, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorData};
@@ -65,6 +66,15 @@ pub fn composite<R>(f: impl FnOnce() -> R) -> R {
     }
     let _reset = Reset(COMPOSITE.replace(true));
     f()
+}
+
+/// Put `out` on the autodiff graph as the result of `op` over `nodes`: with `state` kept for
+/// the backward pass when any input is tracked, as a constant otherwise.
+pub(crate) fn record<BO: Backward<Flex, N>, const N: usize>(op: BO, nodes: [NodeGuard; N], state: BO::State, out: FlexTensor) -> AdTensor {
+    match op.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
 }
 
 /// A float tensor's primitive when it lives on flex as f32: plain, or inside autodiff.

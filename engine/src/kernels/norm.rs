@@ -3,14 +3,13 @@
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
 use super::simd::{self, multiversion};
-use super::{Prim, ad_tensor, chunk_len, contiguous, data, flex_from, for_chunks, for_chunks2, map_range, plain_tensor, prim_pair};
+use super::{Prim, ad_tensor, chunk_len, contiguous, data, flex_from, for_chunks, for_chunks2, map_range, plain_tensor, prim_pair, record};
 
 /// RMSNorm of `x` (`[..., H]`) with weight `w` (`[H]`).
 pub fn rms_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f64) -> Tensor<D> {
@@ -38,11 +37,7 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f64) -> Tensor<
         (Prim::Ad(ax), Prim::Ad(aw)) => {
             let nodes = [ax.node(), aw.node()];
             drop((ax, aw));
-            let res = match RmsNorm.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => prep.finish((xs, ws, std::sync::Arc::new(rinv)), out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
-            ad_tensor(res)
+            ad_tensor(record(RmsNorm, nodes, (xs, ws, std::sync::Arc::new(rinv)), out))
         }
         _ => plain_tensor(out),
     }
