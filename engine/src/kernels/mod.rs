@@ -97,13 +97,14 @@ pub(crate) fn prim<const D: usize>(t: &Tensor<D>) -> Option<Prim> {
     if !enabled() {
         return None;
     }
-    if let Ok(p) = t.clone().try_into_primitive::<Flex>() {
-        return (p.dtype() == DType::F32).then_some(Prim::Plain(p));
+    // Try only the conversion that can succeed: a failed one builds an error message.
+    if t.is_autodiff() {
+        let p = t.clone().try_into_primitive::<Ad>().ok()?;
+        (p.primitive().dtype() == DType::F32).then_some(Prim::Ad(p))
+    } else {
+        let p = t.clone().try_into_primitive::<Flex>().ok()?;
+        (p.dtype() == DType::F32).then_some(Prim::Plain(p))
     }
-    if let Ok(p) = t.clone().try_into_primitive::<Ad>() {
-        return (p.primitive().dtype() == DType::F32).then_some(Prim::Ad(p));
-    }
-    None
 }
 
 /// Whether the fused kernels would run on `t` (an f32 tensor on flex, kernels on).
