@@ -18,7 +18,18 @@ fn generate_json_reproduces_the_reference_greedy_ids() {
     let dir = fixture("tiny-models/qwen3");
     let r = reference(&dir);
     let p = &r["prompts"][1];
-    let o = whetstone(&["generate", &tiny("qwen3"), "--prompt", p["text"].as_str().unwrap(), "--max-new-tokens", "16", "--temperature", "0", "--ignore-eos", "--json"]);
+    let o = whetstone(&[
+        "generate",
+        &tiny("qwen3"),
+        "--prompt",
+        p["text"].as_str().unwrap(),
+        "--max-new-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+    ]);
     let v = json(&o);
     assert_eq!(u32s(&v["prompt_ids"]), u32s(&p["ids"]));
     assert_eq!(u32s(&v["generated_ids"]), u32s(&p["greedy_ids"]));
@@ -28,15 +39,36 @@ fn generate_json_reproduces_the_reference_greedy_ids() {
 #[test]
 fn generate_chat_streams_and_sampling_is_seeded() {
     let run = |seed: &str| {
-        let o = whetstone(&["generate", &tiny("llama"), "--prompt", "Blood pressure?", "--chat", "--temperature", "0.9", "--top-p", "0.95", "--seed", seed, "--max-new-tokens", "12", "--json"]);
+        let o = whetstone(&[
+            "generate",
+            &tiny("llama"),
+            "--prompt",
+            "Blood pressure?",
+            "--chat",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ]);
         json(&o)
     };
     let a = run("7");
-    assert_eq!(a, run("7").as_object().map(|o| {
-        let mut o = o.clone();
-        o.insert("tokens_per_second".into(), a["tokens_per_second"].clone());
-        serde_json::Value::Object(o)
-    }).unwrap());
+    assert_eq!(
+        a,
+        run("7")
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.insert("tokens_per_second".into(), a["tokens_per_second"].clone());
+                serde_json::Value::Object(o)
+            })
+            .unwrap()
+    );
     assert_ne!(a["generated_ids"], run("8")["generated_ids"]);
     // chat prompt starts with <|im_start|> (id 1) from the template
     assert_eq!(a["prompt_ids"][0], 1);
@@ -119,7 +151,8 @@ fn bad_inputs_give_one_clear_error() {
     let e = stderr(&whetstone(&["inspect", m.to_str().unwrap()]));
     assert!(e.contains("model.safetensors") && e.contains("malformed"), "{e}");
     // a tensor with the wrong shape for the config
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("tiny-models/llama/config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-models/llama/config.json")).unwrap()).unwrap();
     cfg["intermediate_size"] = 128.into();
     std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
     std::fs::copy(fixture("tiny-models/llama/model.safetensors"), m.join("model.safetensors")).unwrap();

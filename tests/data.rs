@@ -107,7 +107,10 @@ fn csv_with_quotes_and_newlines_imports_exactly() {
     let (_, t) = ws.load("q", None).unwrap();
     assert_eq!(
         t.records().unwrap(),
-        vec![rec(json!({"instruction": "Say \"hi\", then\nstop", "output": "ok, done"})), rec(json!({"instruction": "中文", "output": "é🙂"}))]
+        vec![
+            rec(json!({"instruction": "Say \"hi\", then\nstop", "output": "ok, done"})),
+            rec(json!({"instruction": "中文", "output": "é🙂"}))
+        ]
     );
 }
 
@@ -238,10 +241,15 @@ fn workspace_with(records: &[Record], name: &str) -> (tempfile::TempDir, Workspa
 
 #[test]
 fn search_filters_and_sorts() {
-    let records: Vec<Record> = [("Chest pain at rest", "Emergency", "cardio"), ("Mild cough", "Routine", "gp"), ("chest tightness on stairs", "Urgent", "cardio"), ("Rash", "Routine", "derm")]
-        .iter()
-        .map(|(q, a, d)| rec(json!({"question": q, "answer": a, "department": d})))
-        .collect();
+    let records: Vec<Record> = [
+        ("Chest pain at rest", "Emergency", "cardio"),
+        ("Mild cough", "Routine", "gp"),
+        ("chest tightness on stairs", "Urgent", "cardio"),
+        ("Rash", "Routine", "derm"),
+    ]
+    .iter()
+    .map(|(q, a, d)| rec(json!({"question": q, "answer": a, "department": d})))
+    .collect();
     let (_tmp, mut ws) = workspace_with(&records, "triage");
     let (_, t) = ws.load("triage", None).unwrap();
     let none = Default::default();
@@ -250,8 +258,14 @@ fn search_filters_and_sorts() {
     assert_eq!(curate::query(&t, &Query { case_sensitive: true, ..q("chest", false) }, &none).unwrap(), vec![2]);
     assert_eq!(curate::query(&t, &q(r"^(Mild|Rash)", true), &none).unwrap(), vec![1, 3]);
     assert_eq!(curate::query(&t, &Query { column: Some("answer".into()), ..q("routine", false) }, &none).unwrap(), vec![1, 3]);
-    assert_eq!(curate::query(&t, &Query { equals: vec![("department".into(), "cardio".into())], ..Default::default() }, &none).unwrap(), vec![0, 2]);
-    assert_eq!(curate::query(&t, &Query { sort_by: Some("length".into()), column: Some("question".into()), ..Default::default() }, &none).unwrap(), vec![3, 1, 0, 2]);
+    assert_eq!(
+        curate::query(&t, &Query { equals: vec![("department".into(), "cardio".into())], ..Default::default() }, &none).unwrap(),
+        vec![0, 2]
+    );
+    assert_eq!(
+        curate::query(&t, &Query { sort_by: Some("length".into()), column: Some("question".into()), ..Default::default() }, &none).unwrap(),
+        vec![3, 1, 0, 2]
+    );
     assert!(curate::query(&t, &q("(", true), &none).is_err());
     ws.set_label("triage", "2", "ann", "status", Some(&json!("accept"))).unwrap();
     ws.set_label("triage", "2", "ann", "rating", Some(&json!(5))).unwrap();
@@ -274,7 +288,7 @@ fn duplicates_are_found_exact_and_near_and_dropped_only_on_request() {
         rec(json!({"prompt": base, "response": "See a GP."})),
         rec(json!({"prompt": "Twisted ankle while running, swelling.", "response": "Rest and ice."})),
         rec(json!({"prompt": format!("  {}  ", base.to_uppercase()), "response": "see a gp."})), // exact after normalising
-        rec(json!({"prompt": base.replace("three", "four"), "response": "See a GP."})), // near
+        rec(json!({"prompt": base.replace("three", "four"), "response": "See a GP."})),          // near
         rec(json!({"prompt": "Sudden severe headache, worst ever.", "response": "Emergency."})),
     ];
     let (_tmp, mut ws) = workspace_with(&records, "dups");
@@ -322,7 +336,8 @@ fn pii_is_found_highlighted_and_redacted() {
     assert!(red.contains("Contact Dr. [NAME] at [EMAIL] or [PHONE]"), "{red}");
     assert!(!red.contains("123-45-6789") && !red.contains("13812345678"));
 
-    let records = vec![rec(json!({"prompt": "Email me: a.b@x.com", "response": "ok"})), rec(json!({"prompt": "no pii here", "response": "fine"}))];
+    let records =
+        vec![rec(json!({"prompt": "Email me: a.b@x.com", "response": "ok"})), rec(json!({"prompt": "no pii here", "response": "fine"}))];
     let (_tmp, mut ws) = workspace_with(&records, "p");
     let (_, t) = ws.load("p", None).unwrap();
     let hits = curate::scan_pii(&t, &[]).unwrap();
@@ -336,7 +351,9 @@ fn pii_is_found_highlighted_and_redacted() {
 
 #[test]
 fn splits_are_seeded_and_stratified() {
-    let records: Vec<Record> = (0..100).map(|i| rec(json!({"prompt": format!("q{i}"), "response": "a", "label": if i < 80 { "common" } else { "rare" }}))).collect();
+    let records: Vec<Record> = (0..100)
+        .map(|i| rec(json!({"prompt": format!("q{i}"), "response": "a", "label": if i < 80 { "common" } else { "rare" }})))
+        .collect();
     let (_tmp, mut ws) = workspace_with(&records, "s");
     let f = SplitFractions { train: 0.8, validation: 0.1, test: 0.1 };
     let v = ws.split("s", f, 7, Some("label")).unwrap();
@@ -535,7 +552,8 @@ fn sigkill_during_labelling_never_loses_an_acknowledged_label() {
                 ((next % 4000 + 1).to_string(), format!("v{next}"))
             })
             .collect();
-        let cmds: String = batch.iter().map(|(r, v)| json!({"op": "set", "record": r, "kind": "note", "value": v}).to_string() + "\n").collect();
+        let cmds: String =
+            batch.iter().map(|(r, v)| json!({"op": "set", "record": r, "kind": "note", "value": v}).to_string() + "\n").collect();
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(cmds.as_bytes());
             let _ = stdin.flush();
@@ -600,7 +618,17 @@ fn cli_data_commands_work_end_to_end() {
     let w = ws.to_str().unwrap();
     let o = whetstone(&["data", "init", w, "--name", "clinic"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = whetstone(&["data", "import", fixture("data/bom_semicolon.csv").to_str().unwrap(), "--workspace", w, "--name", "tri", "--map", "label=department"]);
+    let o = whetstone(&[
+        "data",
+        "import",
+        fixture("data/bom_semicolon.csv").to_str().unwrap(),
+        "--workspace",
+        w,
+        "--name",
+        "tri",
+        "--map",
+        "label=department",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("imported 2 rows"), "{}", stdout(&o));
     let d = format!("{w}/tri");
@@ -624,9 +652,11 @@ fn cli_data_commands_work_end_to_end() {
 
 #[test]
 fn a_training_job_names_a_workspace_dataset_version() {
-    use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, spawn};
+    use whetstone_engine::runs::JobEvent;
+    use whetstone_engine::train::{JobSpec, RunOptions, spawn};
     let tmp = tempfile::tempdir().unwrap();
-    let records: Vec<Record> = (0..8).map(|i| rec(json!({"question": format!("Symptom {i}?"), "answer": format!("Advice {i}.")}))).collect();
+    let records: Vec<Record> =
+        (0..8).map(|i| rec(json!({"question": format!("Symptom {i}?"), "answer": format!("Advice {i}.")}))).collect();
     let src = tmp.path().join("tri.jsonl");
     write_jsonl(&src, &records);
     let ws_dir = tmp.path().join("ws");
@@ -670,7 +700,7 @@ fn drafted_answers_fill_the_pair_queue_and_become_preferences() {
     let m = whetstone_engine::model::LoadedModel::load(&fixture("tiny-models/llama"), &whetstone_engine::Device::flex()).unwrap();
     let opts = whetstone_engine::generate::GenerateOptions { max_new_tokens: 6, temperature: 1.0, seed: 5, ..Default::default() };
     let mut progress = Vec::new();
-    let n = whetstone_engine::data::labels::draft_candidates(&mut ws, "d", &m, "tiny", 2, &opts, Some(2), &mut |done, total| {
+    let n = whetstone_engine::data::draft::draft_candidates(&mut ws, "d", &m, "tiny", 2, &opts, Some(2), &mut |done, total| {
         progress.push((done, total));
         true
     })
@@ -694,7 +724,19 @@ fn drafted_answers_fill_the_pair_queue_and_become_preferences() {
     assert_eq!(v.rows, 2);
     // The CLI drafts too, with a progress bar, and labels the queue.
     let d = format!("{}/d", tmp.path().join("ws").display());
-    let o = whetstone(&["data", "draft", &d, "--model", fixture("tiny-models/llama").to_str().unwrap(), "-k", "2", "--limit", "3", "--max-new-tokens", "4"]);
+    let o = whetstone(&[
+        "data",
+        "draft",
+        &d,
+        "--model",
+        fixture("tiny-models/llama").to_str().unwrap(),
+        "-k",
+        "2",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = whetstone(&["data", "label", &d, "--annotator", "bob", "pair", "3", "both_bad"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -99,7 +99,11 @@ fn sharded_checkpoints_load_like_single_files() {
     for (i, (name, t)) in tensors.into_iter().enumerate() {
         let shard = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
         map.insert(name.clone(), shard.into());
-        if i % 2 == 0 { a.insert(name, t) } else { b.insert(name, t) };
+        if i % 2 == 0 {
+            a.insert(name, t)
+        } else {
+            b.insert(name, t)
+        };
     }
     write_safetensors(&dst.join("model-00001-of-00002.safetensors"), &a, SaveDtype::F32, None).unwrap();
     write_safetensors(&dst.join("model-00002-of-00002.safetensors"), &b, SaveDtype::F32, None).unwrap();
@@ -120,8 +124,7 @@ fn half_precision_checkpoints_load() {
     for dtype in [SaveDtype::F16, SaveDtype::Bf16] {
         let dir = tempfile::tempdir().unwrap();
         m.save_hf(dir.path(), dtype).unwrap();
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg["torch_dtype"], dtype.hf_name());
         let h = LoadedModel::load(dir.path(), &Device::flex()).unwrap();
         assert_eq!(h.info().dtype, dtype.hf_name());

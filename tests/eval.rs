@@ -11,9 +11,13 @@ use common::*;
 use serde_json::{Value, json};
 use whetstone_engine::Device;
 use whetstone_engine::data::Workspace;
+use whetstone_engine::eval::ab;
+use whetstone_engine::eval::live::spawn;
 use whetstone_engine::eval::metrics::{self, Normalise};
-use whetstone_engine::eval::suite::{self, MetricSpec, ModelRef, SuiteSpec, run_suite};
-use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, read_metrics, spawn};
+use whetstone_engine::eval::score::run_suite;
+use whetstone_engine::eval::spec::{self as suite, MetricSpec, ModelRef, SuiteSpec};
+use whetstone_engine::runs::{JobEvent, read_metrics};
+use whetstone_engine::train::{JobSpec, RunOptions};
 
 fn run_job(toml: &str, dir: &Path) -> Vec<JobEvent> {
     let p = dir.join(format!("job-{}.toml", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
@@ -66,7 +70,10 @@ fn tiny_workspace(tmp: &Path) -> Workspace {
         ("Name the red planet.", "Mars", "space"),
         ("What colour is grass?", "green", "nature"),
     ];
-    let text: String = rows.iter().map(|(q, a, t)| json!({"question": q, "answer": a, "topic": t, "chosen": a, "rejected": "no idea"}).to_string() + "\n").collect();
+    let text: String = rows
+        .iter()
+        .map(|(q, a, t)| json!({"question": q, "answer": a, "topic": t, "chosen": a, "rejected": "no idea"}).to_string() + "\n")
+        .collect();
     std::fs::write(&data, text).unwrap();
     ws.import(&data, Some("qa"), &[]).unwrap();
     ws
@@ -150,7 +157,13 @@ model = {tiny:?}
         let nll = -lp[ctx.len() - 1..].iter().map(|&x| x as f64).sum::<f64>() / cont.len() as f64;
         assert!((o.scores["perplexity"] - nll).abs() < 1e-4, "{} vs {nll}", o.scores["perplexity"]);
         // The output is what greedy generation gives for the prompt.
-        let g = whetstone_engine::generate::generate(&m, &ctx, &whetstone_engine::generate::GenerateOptions { max_new_tokens: 6, ..Default::default() }, &mut |_| true).unwrap();
+        let g = whetstone_engine::generate::generate(
+            &m,
+            &ctx,
+            &whetstone_engine::generate::GenerateOptions { max_new_tokens: 6, ..Default::default() },
+            &mut |_| true,
+        )
+        .unwrap();
         assert_eq!(out, g.text.trim());
     }
     let ppl = &r.summary[0].metrics["perplexity"];
@@ -190,16 +203,22 @@ fn ab_votes_become_ratings_and_a_preference_dataset_that_dpo_trains_on() {
     assert_eq!(ws.evals().unwrap()[0].id, r.id);
     assert_eq!(ws.load_eval(&r.id).unwrap(), r, "stored results load back unchanged");
     // Blind queue: every item once (two models), sides randomised.
-    let q = suite::ab_queue(&r, &[], "ann", 0);
+    let q = ab::ab_queue(&r, &[], "ann", 0);
     assert_eq!(q.len(), 4);
     assert!(q.iter().any(|x| x.1 == "llama") && q.iter().any(|x| x.1 == "qwen"), "sides are shuffled: {q:?}");
     // The annotator prefers llama three times and calls one a tie.
     for (k, (item, a, b)) in q.iter().enumerate() {
-        let verdict = if k == 3 { "tie" } else if a == "llama" { "a" } else { "b" };
+        let verdict = if k == 3 {
+            "tie"
+        } else if a == "llama" {
+            "a"
+        } else {
+            "b"
+        };
         ws.add_vote(&r.id, item, a, b, verdict, "ann").unwrap();
     }
-    assert!(suite::ab_queue(&r, &ws.votes(&r.id).unwrap(), "ann", 0).is_empty());
-    let rt = suite::vote_ratings(&r, &ws.votes(&r.id).unwrap(), 300, 0);
+    assert!(ab::ab_queue(&r, &ws.votes(&r.id).unwrap(), "ann", 0).is_empty());
+    let rt = ab::vote_ratings(&r, &ws.votes(&r.id).unwrap(), 300, 0);
     let llama = rt.ratings.iter().find(|x| x.model == "llama").unwrap();
     assert!((llama.win_rate - 3.5 / 4.0).abs() < 1e-12, "{llama:?}");
     assert!(llama.elo > 1000.0 && rt.matrix[0][1].is_some());
@@ -228,7 +247,7 @@ fn ab_votes_become_ratings_and_a_preference_dataset_that_dpo_trains_on() {
     assert!(h.contains("<svg") && h.contains("contains"));
 }
 
-fn toml_dataset(ws: &Path) -> whetstone_engine::train::job::DatasetSpec {
+fn toml_dataset(ws: &Path) -> whetstone_engine::data::DatasetSpec {
     toml::from_str(&format!("path = {:?}\nname = \"qa\"\n", ws.display().to_string())).unwrap()
 }
 

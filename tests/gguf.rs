@@ -11,8 +11,7 @@ use whetstone_engine::model::LoadedModel;
 
 #[test]
 fn dequantisation_matches_gguf_py() {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("gguf/quant_vectors.json")).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("gguf/quant_vectors.json")).unwrap()).unwrap();
     let mut seen = Vec::new();
     for case in v.as_array().unwrap() {
         let ty = match case["type"].as_str().unwrap() {

@@ -93,7 +93,8 @@ fn masked_softmax_matches_composite() {
     let s = random([b, h, t, t], &d);
     compare("softmax causal", both([s.clone()], |xs| attention::softmax_scores(xs[0].clone(), 0.125, Some(&mask))), 2e-5);
     // Per-row masks (packing), and no mask.
-    let packed: Vec<bool> = (0..b).flat_map(|r| (0..t).flat_map(move |i| (0..t).map(move |j| j > i || (i < 7 + r) != (j < 7 + r)))).collect();
+    let packed: Vec<bool> =
+        (0..b).flat_map(|r| (0..t).flat_map(move |i| (0..t).map(move |j| j > i || (i < 7 + r) != (j < 7 + r)))).collect();
     let mask = Tensor::<4, Bool>::from_data(TensorData::new(packed, [b, 1, t, t]), &d);
     compare("softmax packed", both([s.clone()], |xs| attention::softmax_scores(xs[0].clone(), 0.3, Some(&mask))), 2e-5);
     compare("softmax unmasked", both([s], |xs| attention::softmax_scores(xs[0].clone(), 1.0, None)), 2e-5);
@@ -125,7 +126,10 @@ fn token_logprobs_match_composite() {
     let ids: Vec<i64> = (0..b * t).map(|i| (i * 397 % v) as i64).collect();
     let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &d);
     // Make one target the argmax (row 1, whose target is 397) so the flag is exercised both ways.
-    let bump = Tensor::<3>::from_data(TensorData::new((0..b * t * v).map(|i| if i == v + 397 { 50.0 } else { 0.0 }).collect::<Vec<f32>>(), [b, t, v]), &d);
+    let bump = Tensor::<3>::from_data(
+        TensorData::new((0..b * t * v).map(|i| if i == v + 397 { 50.0 } else { 0.0 }).collect::<Vec<f32>>(), [b, t, v]),
+        &d,
+    );
     let logits = logits + bump;
     let run = |fused: bool| {
         let f = || {
@@ -192,19 +196,27 @@ fn kernels_run_off_the_autodiff_device_too() {
 #[test]
 fn a_training_step_is_the_same_fused_or_composite() {
     use whetstone_engine::model::LoadedModel;
-    use whetstone_engine::train::SftTrainer;
-    use whetstone_engine::train::optim::AdamWConfig;
-    use whetstone_engine::train::sft::{Encoded, make_batch};
+    use whetstone_engine::model::batch::make_batch;
+    use whetstone_engine::text::sft::Encoded;
+    use whetstone_engine::train::optim::{AdamW, AdamWConfig};
+    use whetstone_engine::train::sft::SftTrainer;
     let d = dev();
     let m = LoadedModel::load(&common::fixture("tiny-models/llama"), &d).unwrap();
-    let ex: Vec<Encoded> =
-        (0..3).map(|r| Encoded { ids: (0..12).map(|i| ((i * 7 + r * 13) % 200) as u32).collect(), target: (0..12).map(|i| i > 3).collect() }).collect();
+    let ex: Vec<Encoded> = (0..3)
+        .map(|r| Encoded { ids: (0..12).map(|i| ((i * 7 + r * 13) % 200) as u32).collect(), target: (0..12).map(|i| i > 3).collect() })
+        .collect();
     let batch = make_batch(&ex.iter().collect::<Vec<_>>(), 0, &d);
     let run = || {
-        let mut tr = SftTrainer::new(m.model.clone(), AdamWConfig { weight_decay: 0.01, ..Default::default() }, Some(1.0));
+        let mut tr = SftTrainer::new(
+            m.model.clone(),
+            AdamW::new(AdamWConfig { weight_decay: 0.01, ..Default::default() }),
+            Some(1.0),
+            ex.clone(),
+            0,
+        );
         let mut out = Vec::new();
         for _ in 0..3 {
-            let s = tr.step(std::slice::from_ref(&batch), 1e-3).unwrap();
+            let s = tr.step_batches(std::slice::from_ref(&batch), 1e-3).unwrap();
             out.push((s.loss, s.grad_norm));
         }
         (out, tr.model.to_weights().layers[0].q.0.data.clone())

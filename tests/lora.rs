@@ -7,11 +7,12 @@ use common::*;
 use whetstone_engine::Device;
 use whetstone_engine::io::safetensors::SaveDtype;
 use whetstone_engine::model::LoadedModel;
+use whetstone_engine::model::batch::make_batch;
 use whetstone_engine::model::lora::{LoraConfig, load_peft, save_peft};
-use whetstone_engine::train::SftTrainer;
-use whetstone_engine::train::checkpoint::named_params;
-use whetstone_engine::train::optim::AdamWConfig;
-use whetstone_engine::train::sft::{SftExample, encode, make_batch};
+use whetstone_engine::model::params::named_params;
+use whetstone_engine::text::sft::{SftExample, encode};
+use whetstone_engine::train::optim::{AdamW, AdamWConfig};
+use whetstone_engine::train::sft::SftTrainer;
 
 fn lora_cfg() -> LoraConfig {
     LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: ["q", "k", "v", "o", "gate", "up", "down"].map(String::from).to_vec() }
@@ -36,11 +37,11 @@ fn lora_trains_only_adapters_and_merges_exactly() {
         .map(|(p, r)| encode(&lm.tokenizer, &SftExample::from_pair(None, p, r), 64, false, eos).unwrap())
         .collect();
     let pad = lm.tokenizer.pad_id().unwrap();
-    let mut t = SftTrainer::new(model, AdamWConfig::default(), Some(1.0));
+    let mut t = SftTrainer::new(model, AdamW::new(AdamWConfig::default()), Some(1.0), ex.clone(), pad);
     let mut losses = vec![];
     for _ in 0..15 {
         let b = make_batch(&ex.iter().collect::<Vec<_>>(), pad, &ad);
-        losses.push(t.step(&[b], 5e-3).unwrap().loss);
+        losses.push(t.step_batches(&[b], 5e-3).unwrap().loss);
     }
     assert!(losses.last().unwrap() < &(losses[0] * 0.7), "loss did not fall: {losses:?}");
     let after = named_params(&t.model, false);

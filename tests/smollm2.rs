@@ -91,7 +91,8 @@ fn converted_hf_folder_gives_identical_log_probs() {
 
 #[test]
 fn lora_sft_of_smollm2_runs_on_cpu_and_its_loss_falls() {
-    use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, spawn};
+    use whetstone_engine::runs::JobEvent;
+    use whetstone_engine::train::{JobSpec, RunOptions, spawn};
     let tmp = tempfile::tempdir().unwrap();
     let data = fixture("../../assets/demo/clinic_triage_sft.jsonl");
     let text = format!(
@@ -117,8 +118,10 @@ mod methods {
     use super::*;
     use whetstone_engine::model::Transformer;
     use whetstone_engine::model::lora::LoraConfig;
-    use whetstone_engine::train::optim::AdamWConfig;
-    use whetstone_engine::train::sft::{SftExample, encode};
+    use whetstone_engine::model::reward::RewardModel;
+    use whetstone_engine::text::sft::{SftExample, encode, reward_input};
+    use whetstone_engine::train::method::Trainer;
+    use whetstone_engine::train::optim::{AdamW, AdamWConfig, StepLr};
 
     fn lora() -> LoraConfig {
         LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["q".into(), "v".into()] }
@@ -130,6 +133,14 @@ mod methods {
         (lm, m)
     }
 
+    fn adamw() -> AdamW {
+        AdamW::new(AdamWConfig::default())
+    }
+
+    fn all() -> Vec<Vec<usize>> {
+        vec![(0..PAIRS.len()).collect()]
+    }
+
     const PAIRS: [(&str, &str, &str); 3] = [
         ("I have chest pain at rest.", "Call an ambulance now; this could be a heart attack.", "Drink some water and wait."),
         ("My child has a fever of 40 C.", "See a doctor today and give paracetamol for the fever.", "Fevers are nothing."),
@@ -138,8 +149,8 @@ mod methods {
 
     #[test]
     fn reward_model_and_dpo() {
-        use whetstone_engine::train::dpo::{DpoTrainer, EncodedPair};
-        use whetstone_engine::train::reward::{RewardModel, RewardTrainer};
+        use whetstone_engine::train::dpo::{DpoConfig, DpoTrainer, EncodedPair};
+        use whetstone_engine::train::reward::RewardTrainer;
         let (lm, m) = autodiff_model();
         let tok = &lm.tokenizer;
         let pad = tok.pad_id().unwrap();
@@ -151,16 +162,21 @@ mod methods {
                 rejected: encode(tok, &SftExample::from_pair(None, p, r), 96, false, eos).unwrap(),
             })
             .collect();
-        let chosen: Vec<&[u32]> = enc.iter().map(|e| e.chosen.ids.as_slice()).collect();
-        let rejected: Vec<&[u32]> = enc.iter().map(|e| e.rejected.ids.as_slice()).collect();
-        let mut rm = RewardTrainer::new(RewardModel::new(m.clone(), lm.config.hidden_size, 0), AdamWConfig::default());
-        let losses: Vec<f64> = (0..4).map(|_| rm.step(&chosen, &rejected, pad, 1e-3).unwrap().loss).collect();
+        let pairs = PAIRS.iter().map(|(p, c, r)| (reward_input(tok, p, c, 96).unwrap(), reward_input(tok, p, r, 96).unwrap())).collect();
+        let mut rm = RewardTrainer {
+            model: RewardModel::new(m.clone(), lm.config.hidden_size, 0),
+            optim: adamw(),
+            max_grad_norm: Some(1.0),
+            pairs,
+            pad,
+        };
+        let losses: Vec<f64> = (0..4).map(|_| rm.step(&all(), StepLr::constant(1e-3)).unwrap().loss).collect();
         assert!(losses.iter().all(|l| l.is_finite()) && losses[3] < losses[0], "RM losses {losses:?}");
 
-        let mut dpo = DpoTrainer::new(m, AdamWConfig::default(), 0.1);
-        let ms: Vec<_> = (0..4).map(|_| dpo.step(&enc, pad, 1e-3).unwrap()).collect();
-        assert!(ms[0].rewards_margins.abs() < 1e-3, "{:?}", ms[0]);
-        assert!(ms[3].rewards_margins > 0.0 && ms[3].loss < ms[0].loss, "{:?}", ms[3]);
+        let mut dpo = DpoTrainer::new(m, adamw(), DpoConfig::default(), Some(1.0), enc, pad);
+        let ms: Vec<_> = (0..4).map(|_| dpo.step(&all(), StepLr::constant(1e-3)).unwrap()).collect();
+        assert!(ms[0].metrics["rewards/margins"].abs() < 1e-3, "{:?}", ms[0]);
+        assert!(ms[3].metrics["rewards/margins"] > 0.0 && ms[3].loss < ms[0].loss, "{:?}", ms[3]);
     }
 
     #[test]
@@ -170,39 +186,49 @@ mod methods {
         use whetstone_engine::train::grpo::{GrpoConfig, GrpoPrompt, GrpoTrainer};
         use whetstone_engine::train::losses::Divergence;
         use whetstone_engine::train::ppo::{PpoConfig, PpoTrainer};
-        use whetstone_engine::train::reward::RewardModel;
         use whetstone_engine::train::rewards::{Rule, WeightedRule};
         let (lm, m) = autodiff_model();
         let tok = &lm.tokenizer;
         let pad = tok.pad_id().unwrap();
         let stop = lm.eos_ids();
-        let prompts: Vec<Vec<u32>> = PAIRS.iter().map(|(p, _, _)| tok.apply_chat(&[Message::new("user", p)], true).unwrap().1).collect();
-        let rule = Rule::Contains { text: Some("doctor".into()), case_insensitive: true };
+        let prompts: Vec<GrpoPrompt> = PAIRS
+            .iter()
+            .map(|(p, _, _)| GrpoPrompt {
+                text: p.to_string(),
+                ids: tok.apply_chat(&[Message::new("user", p)], true).unwrap().1,
+                reference: None,
+            })
+            .collect();
+        let rules = vec![WeightedRule { rule: Rule::Contains { text: Some("doctor".into()), case_insensitive: true }, weight: 1.0 }];
 
-        let cfg = GrpoConfig { group_size: 3, max_new_tokens: 12, rules: vec![WeightedRule { rule: rule.clone(), weight: 1.0 }], ..Default::default() };
-        let gp: Vec<GrpoPrompt> = prompts.iter().map(|ids| GrpoPrompt { ids: ids.clone(), reference: None }).collect();
-        let mut g = GrpoTrainer::new(m.clone(), AdamWConfig::default(), cfg, 0);
+        let cfg = GrpoConfig { group_size: 3, max_new_tokens: 12, rules: rules.clone(), ..Default::default() };
+        let mut g = GrpoTrainer::new(m.clone(), adamw(), cfg, Some(1.0), prompts.clone(), tok.clone(), stop.clone(), pad, 0);
         for _ in 0..2 {
-            let s = g.step(tok, &gp, &stop, pad, 1e-4).unwrap();
-            assert!(s.loss.is_finite() && (0.0..=1.0).contains(&s.reward_mean) && s.completion_length > 0.0, "{s:?}");
+            let s = g.step(&all(), StepLr::constant(1e-4)).unwrap();
+            assert!(s.loss.is_finite() && (0.0..=1.0).contains(&s.metrics["reward_mean"]) && s.metrics["completion_length"] > 0.0, "{s:?}");
         }
 
         let critic = RewardModel::new(m.clone(), lm.config.hidden_size, 1);
-        let mut p = PpoTrainer::new(m.clone(), critic, PpoConfig { max_new_tokens: 12, ..Default::default() }, 0);
+        let cfg = PpoConfig { max_new_tokens: 12, rules, ..Default::default() };
+        let mut p = PpoTrainer::new(m.clone(), critic, adamw(), cfg, Some(1.0), prompts, tok.clone(), stop, pad, 0);
         for _ in 0..2 {
-            let s = p.step(&prompts, &stop, pad, &mut |_, r| Ok(rule.score(&tok.decode(r, true)?, None))).unwrap();
-            assert!(s.policy_loss.is_finite() && s.value_loss.is_finite() && s.kl_to_reference.abs() < 1.0, "{s:?}");
+            let s = p.step(&all(), StepLr::constant(1.0)).unwrap();
+            assert!(
+                s.metrics["policy_loss"].is_finite() && s.metrics["value_loss"].is_finite() && s.metrics["kl_to_reference"].abs() < 1.0,
+                "{s:?}"
+            );
         }
 
-        // Distil the base model into its LoRA copy with a perturbed start (adapter B = 0 means
-        // the student starts equal to the teacher, so KL starts at zero and must stay small).
+        // Distil the base model into its LoRA copy (adapter B = 0 means the student starts
+        // equal to the teacher, so KL starts at zero and must stay small).
         let teacher = LoadedModel::load(&smollm2(), &Device::flex()).unwrap();
         let eos = tok.eos_id();
         let ex: Vec<_> = PAIRS.iter().map(|(q, c, _)| encode(tok, &SftExample::from_pair(None, q, c), 96, false, eos).unwrap()).collect();
-        let mut d = DistillTrainer::new(m, teacher.model.clone(), AdamWConfig::default(), 1.0, Divergence::ForwardKl, 0.5);
+        let mut d = DistillTrainer::new(m, teacher.model.clone(), adamw(), 1.0, Divergence::ForwardKl, 0.5, Some(1.0), ex, pad);
         for _ in 0..2 {
-            let s = d.step(&ex.iter().collect::<Vec<_>>(), pad, 1e-4).unwrap();
-            assert!(s.loss.is_finite() && s.teacher_student_kl >= -1e-6 && s.teacher_student_kl < 0.05, "{s:?}");
+            let s = d.step(&all(), StepLr::constant(1e-4)).unwrap();
+            let kl = s.metrics["teacher_student_kl"];
+            assert!(s.loss.is_finite() && kl >= -1e-6 && kl < 0.05, "{s:?}");
         }
     }
 }

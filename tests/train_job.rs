@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use common::*;
 use whetstone_engine::Device;
 use whetstone_engine::generate::{GenerateOptions, generate};
+use whetstone_engine::runs::{JobEvent, StepRecord, read_metrics};
 use whetstone_engine::text::chat_template::Message;
-use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, StepRecord, read_metrics, spawn};
+use whetstone_engine::train::{JobSpec, RunOptions, spawn};
 
 const DATA: &[(&str, &str)] = &[
     ("Fever 39C and stiff neck?", "Urgent: possible meningitis."),
@@ -82,7 +83,7 @@ fn sft_job_memorises_writes_its_records_and_exports() {
 
     // export → HF folder → greedy answers are the trained ones
     let out = tmp.path().join("export");
-    whetstone_engine::train::job::export_run(&run, &out, false, whetstone_engine::io::safetensors::SaveDtype::F32).unwrap();
+    whetstone_engine::runs::export::export_run(&run, &out, false, whetstone_engine::io::safetensors::SaveDtype::F32).unwrap();
     let m = whetstone_engine::model::LoadedModel::load(&out, &Device::flex()).unwrap();
     for (q, a) in DATA {
         let (_, ids) = m.tokenizer.apply_chat(&[Message::new("user", q)], true).unwrap();
@@ -117,7 +118,10 @@ fn resume_matches(model: &str, extra: &str) {
 
 #[test]
 fn resume_continues_the_exact_trajectory_full() {
-    resume_matches("llama", "name = \"r\"\n[train]\nmax_steps = 12\nbatch_size = 2\nlr = 3e-3\nweight_decay = 0.01\ncheckpoint_every = 4\n");
+    resume_matches(
+        "llama",
+        "name = \"r\"\n[train]\nmax_steps = 12\nbatch_size = 2\nlr = 3e-3\nweight_decay = 0.01\ncheckpoint_every = 4\n",
+    );
 }
 
 #[test]
@@ -173,7 +177,7 @@ fn job_paths_resolve_relative_to_the_file_and_home() {
     assert_eq!(s.model, PathBuf::from(std::env::var_os("HOME").unwrap()).join("m.gguf"));
     assert_eq!(s.dataset.path, tmp.path().join("data/x.jsonl"));
     assert_eq!(s.output, tmp.path().join("runs"));
-    assert_eq!(s.train, whetstone_engine::train::job::TrainSpec::default());
+    assert_eq!(s.train, whetstone_engine::train::TrainSpec::default());
 }
 
 #[test]
@@ -183,7 +187,7 @@ fn bad_job_files_give_one_line_errors() {
     let cases: Vec<(String, &str)> = vec![
         (base.replace("seed = 3", "seed = 3\nlearning_rate = 0.1"), "unknown field `learning_rate`"),
         (base.replace("triage.jsonl", "missing.jsonl"), "dataset not found"),
-        (format!("{base}prompt = \"instruction\"\n"), "column `instruction` not found"),
+        (format!("{base}prompt = \"instruction\"\n"), "column `instruction` (prompt) not found"),
         (base.replace("tiny-models/llama", "tiny-models/nope"), "model not found"),
         (base.replace("method = \"sft\"", "method = \"magic\""), "unknown variant `magic`"),
     ];
@@ -201,12 +205,16 @@ fn bad_job_files_give_one_line_errors() {
 #[test]
 fn nan_loss_stops_the_job_and_keeps_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = job(tmp.path(), "llama", "name = \"nan\"\n[train]\nmax_steps = 6\nbatch_size = 2\nlr = 1e30\nmax_grad_norm = 0\ncheckpoint_every = 1\n");
+    let p = job(
+        tmp.path(),
+        "llama",
+        "name = \"nan\"\n[train]\nmax_steps = 6\nbatch_size = 2\nlr = 1e30\nmax_grad_norm = 0\ncheckpoint_every = 1\n",
+    );
     let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
     let evs: Vec<JobEvent> = h.events.iter().collect();
     let Some(JobEvent::Failed { reason }) = evs.last() else { panic!("did not fail: {:?}", evs.last()) };
     assert!(reason.contains("loss became") && reason.contains("last checkpoint"), "{reason}");
-    assert!(whetstone_engine::train::job::latest_checkpoint(&tmp.path().join("runs/nan")).is_some());
+    assert!(whetstone_engine::runs::latest_checkpoint(&tmp.path().join("runs/nan")).is_some());
     let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("runs/nan/run.json")).unwrap()).unwrap();
     assert_eq!(card["status"], "failed");
     assert!(card["failure"].as_str().unwrap().contains("loss became"));
@@ -245,7 +253,7 @@ fn cancel_stops_at_a_step_boundary_and_the_queue_runs_jobs_in_order() {
     let b = tempfile::tempdir().unwrap();
     let ja = JobSpec::from_file(&job(a.path(), "gpt2", "name = \"qa\"\n[train]\nmax_steps = 2\nbatch_size = 2\n")).unwrap();
     let jb = JobSpec::from_file(&job(b.path(), "qwen3", "name = \"qb\"\n[train]\nmax_steps = 1\nbatch_size = 2\n")).unwrap();
-    let q = whetstone_engine::train::job::spawn_queue(vec![(ja, RunOptions::default()), (jb, RunOptions::default())]);
+    let q = whetstone_engine::train::spawn_queue(vec![(ja, RunOptions::default()), (jb, RunOptions::default())]);
     let order: Vec<String> = q
         .events
         .iter()
@@ -278,7 +286,7 @@ fn cli_resume_after_kill_matches_an_uninterrupted_run() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while whetstone_engine::train::job::latest_checkpoint(&run).is_none() {
+    while whetstone_engine::runs::latest_checkpoint(&run).is_none() {
         assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -297,7 +305,8 @@ fn cli_resume_after_kill_matches_an_uninterrupted_run() {
 #[test]
 fn packed_sft_job_trains() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = job(tmp.path(), "qwen2", "name = \"p\"\n[train]\nmax_steps = 20\nbatch_size = 5\nlr = 1e-2\nmax_seq_len = 256\npacking = true\n");
+    let p =
+        job(tmp.path(), "qwen2", "name = \"p\"\n[train]\nmax_steps = 20\nbatch_size = 5\nlr = 1e-2\nmax_seq_len = 256\npacking = true\n");
     let evs = run_to_end(JobSpec::from_file(&p).unwrap(), RunOptions::default());
     let s = steps(&evs);
     assert_eq!(s.len(), 20);

@@ -7,10 +7,11 @@ use common::*;
 use whetstone_engine::Device;
 use whetstone_engine::generate::{GenerateOptions, generate};
 use whetstone_engine::model::LoadedModel;
+use whetstone_engine::model::batch::make_batch;
 use whetstone_engine::text::chat_template::Message;
-use whetstone_engine::train::SftTrainer;
-use whetstone_engine::train::optim::{AdamWConfig, Decay, lr_at};
-use whetstone_engine::train::sft::{SftExample, encode, make_batch};
+use whetstone_engine::text::sft::{SftExample, encode};
+use whetstone_engine::train::optim::{AdamW, AdamWConfig, Decay, lr_at};
+use whetstone_engine::train::sft::SftTrainer;
 
 #[test]
 fn sft_memorises_and_generation_reproduces_the_answers() {
@@ -24,10 +25,8 @@ fn sft_memorises_and_generation_reproduces_the_answers() {
         ("Itchy rash on arm?", "Routine: see a GP this week."),
     ];
     let eos = lm.tokenizer.eos_id();
-    let encoded: Vec<_> = data
-        .iter()
-        .map(|(p, r)| encode(&lm.tokenizer, &SftExample::from_pair(None, p, r), 128, false, eos).unwrap())
-        .collect();
+    let encoded: Vec<_> =
+        data.iter().map(|(p, r)| encode(&lm.tokenizer, &SftExample::from_pair(None, p, r), 128, false, eos).unwrap()).collect();
     // Only the assistant turn is a target, and it ends with the end-of-turn token.
     let e0 = &encoded[0];
     let first_target = e0.target.iter().position(|&t| t).unwrap();
@@ -36,14 +35,14 @@ fn sft_memorises_and_generation_reproduces_the_answers() {
     assert!(e0.target[..first_target].iter().all(|&t| !t));
 
     let pad = lm.tokenizer.pad_id().unwrap();
-    let mut trainer = SftTrainer::new(lm.model.clone(), AdamWConfig::default(), Some(1.0));
+    let mut trainer = SftTrainer::new(lm.model.clone(), AdamW::new(AdamWConfig::default()), Some(1.0), encoded.clone(), pad);
     let steps = 80;
     let mut first = None;
     let mut last = f64::MAX;
     for s in 0..steps {
         // two micro-batches of two: gradient accumulation
         let mb: Vec<_> = encoded.chunks(2).map(|c| make_batch(&c.iter().collect::<Vec<_>>(), pad, &ad)).collect();
-        let m = trainer.step(&mb, lr_at(s, steps, 5, 1e-2, Decay::Cosine)).unwrap();
+        let m = trainer.step_batches(&mb, lr_at(s, steps, 5, 1e-2, Decay::Cosine)).unwrap();
         assert!(m.loss.is_finite() && m.grad_norm.is_finite());
         first.get_or_insert(m.loss);
         last = m.loss;
@@ -81,7 +80,7 @@ fn plain_models_train_on_response_plus_eos() {
 /// gives the same summed NLL as running them one by one, for RoPE and for learned positions.
 #[test]
 fn packed_rows_compute_what_separate_examples_compute() {
-    use whetstone_engine::train::sft::{make_packed_batch, nll_sum, pack_examples};
+    use whetstone_engine::model::batch::{make_packed_batch, nll_sum, pack_examples};
     for name in ["llama", "gpt2"] {
         let lm = LoadedModel::load(&fixture(&format!("tiny-models/{name}")), &Device::flex()).unwrap();
         let eos = lm.tokenizer.eos_id();
@@ -91,10 +90,8 @@ fn packed_rows_compute_what_separate_examples_compute() {
             .map(|(p, r)| encode(&lm.tokenizer, &SftExample::from_pair(None, p, r), 128, false, eos).unwrap())
             .collect();
         let refs: Vec<_> = ex.iter().collect();
-        let separate: f64 = ex
-            .iter()
-            .map(|e| nll_sum(&lm.model, &make_batch(&[e], pad, &Device::flex())).0.into_scalar::<f32>() as f64)
-            .sum();
+        let separate: f64 =
+            ex.iter().map(|e| nll_sum(&lm.model, &make_batch(&[e], pad, &Device::flex())).0.into_scalar::<f32>() as f64).sum();
         let rows = pack_examples(&refs, 200);
         assert_eq!(rows.len(), 1, "all three fit one row");
         let packed = nll_sum(&lm.model, &make_packed_batch(&rows, pad, 200, &Device::flex())).0.into_scalar::<f32>() as f64;

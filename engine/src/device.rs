@@ -32,7 +32,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "wgpu" | "gpu" => {
             let devices = Device::enumerate(DeviceType::Wgpu).into_vec();
             if devices.is_empty() {
-                bail!("device `{spec}`: no wgpu adapter found (install a Vulkan, Metal or DX12 driver; `whetstone devices` lists what is available)");
+                bail!(
+                    "device `{spec}`: no wgpu adapter found (install a Vulkan, Metal or DX12 driver; `whetstone devices` lists what is available)"
+                );
             }
             let i = index.unwrap_or(0);
             match devices.into_iter().nth(i) {

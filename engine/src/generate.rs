@@ -1,6 +1,6 @@
 //! Text generation with a KV cache: greedy or sampled (temperature, top-k, top-p, repetition
 //! penalty), seeded, with stop on EOS ids and stop strings, a max-token limit and a streaming
-//! callback per token.
+//! callback per token. One decoding loop ([`decode`]) serves every caller.
 
 use std::time::Instant;
 
@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{KvCache, LoadedModel, ids_tensor};
+use crate::model::{KvCache, LoadedModel, Transformer, ids_tensor};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -124,66 +124,106 @@ pub fn sample(logits: &mut [f32], history: &[u32], opts: &GenerateOptions, rng: 
     idx[probs.len() - 1] as u32
 }
 
+/// What [`decode`] produced: the new tokens (without a final EOS), the EOS id it stopped at,
+/// why it stopped, and how long the prompt took.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub ids: Vec<u32>,
+    pub eos: Option<u32>,
+    pub finish: FinishReason,
+    pub prefill_seconds: f64,
+}
+
+/// The one decoding loop every sampler uses (chat, evaluation, drafting, RL rollouts): the
+/// prompt, then one token at a time through the KV cache, each picked by [`sample`]. Stops at an
+/// id in `eos`, at `opts.max_new_tokens`, when the context reaches `max_context`, or when
+/// `on_token(tokens so far)` answers a reason to stop.
+pub fn decode(
+    model: &Transformer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    eos: &[u32],
+    max_context: usize,
+    rng: &mut ChaCha8Rng,
+    on_token: &mut dyn FnMut(&[u32]) -> Result<Option<FinishReason>>,
+) -> Result<Decoded> {
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let device = model.device();
+    let mut cache = KvCache::default();
+    let mut history = prompt.to_vec();
+    let mut out = Decoded { ids: Vec::new(), eos: None, finish: FinishReason::MaxTokens, prefill_seconds: 0.0 };
+    let t0 = Instant::now();
+    let mut input: Vec<u32> = prompt.to_vec();
+    while out.ids.len() < opts.max_new_tokens {
+        if history.len() >= max_context && !out.ids.is_empty() {
+            out.finish = FinishReason::ContextFull;
+            break;
+        }
+        let hidden = model.forward_hidden(ids_tensor(&input, &device), Some(&mut cache));
+        let t = hidden.dims()[1];
+        let logits = model.logits(hidden.slice_dim(1, t - 1..t));
+        let mut row = logits.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+        if out.ids.is_empty() {
+            out.prefill_seconds = t0.elapsed().as_secs_f64();
+        }
+        let id = sample(&mut row, &history, opts, rng);
+        if eos.contains(&id) {
+            out.eos = Some(id);
+            out.finish = FinishReason::Eos;
+            break;
+        }
+        out.ids.push(id);
+        history.push(id);
+        input = vec![id];
+        if let Some(reason) = on_token(&out.ids)? {
+            out.finish = reason;
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Sample one completion for training (RL rollouts, on-policy distillation): the new tokens
+/// with the EOS id kept when it stopped at one, so the sequence trains on ending.
+pub fn sample_completion(
+    model: &Transformer,
+    prompt: &[u32],
+    eos: &[u32],
+    opts: &GenerateOptions,
+    max_context: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<u32>> {
+    let d = decode(model, prompt, opts, eos, max_context, rng, &mut |_| Ok(None))?;
+    let mut ids = d.ids;
+    ids.extend(d.eos);
+    Ok(ids)
+}
+
 /// Generate from `prompt_ids`. `on_text` receives each new piece of decoded text as soon as it
 /// is complete UTF-8 and returns `false` to cancel.
-pub fn generate(
-    m: &LoadedModel,
-    prompt_ids: &[u32],
-    opts: &GenerateOptions,
-    on_text: &mut dyn FnMut(&str) -> bool,
-) -> Result<Generation> {
+pub fn generate(m: &LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
     if prompt_ids.is_empty() {
         bail!("the prompt is empty");
     }
     m.check_len(prompt_ids.len())?;
-    let ctx = m.config.max_position_embeddings;
     let eos = if opts.stop_at_eos { m.eos_ids() } else { vec![] };
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut cache = KvCache::default();
-    let mut history = prompt_ids.to_vec();
-    let mut generated: Vec<u32> = Vec::new();
     let mut emitted = 0usize; // bytes of `text` already sent to on_text
     let mut text = String::new();
     let t0 = Instant::now();
-    let mut prefill_seconds = 0.0;
-    let mut next_input: Vec<u32> = prompt_ids.to_vec();
-    let mut finish = FinishReason::MaxTokens;
-    while generated.len() < opts.max_new_tokens {
-        if history.len() >= ctx && !generated.is_empty() {
-            finish = FinishReason::ContextFull;
-            break;
-        }
-        let hidden = m.model.forward_hidden(ids_tensor(&next_input, &m.device), Some(&mut cache));
-        let t = hidden.dims()[1];
-        let logits = m.model.logits(hidden.slice_dim(1, t - 1..t));
-        let mut row = logits.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))?;
-        if generated.is_empty() {
-            prefill_seconds = t0.elapsed().as_secs_f64();
-        }
-        let id = sample(&mut row, &history, opts, &mut rng);
-        if eos.contains(&id) {
-            finish = FinishReason::Eos;
-            break;
-        }
-        generated.push(id);
-        history.push(id);
-        next_input = vec![id];
-        text = m.tokenizer.decode(&generated, true)?;
-        if let Some((pos, _)) = opts
-            .stop_strings
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| text.find(s.as_str()).map(|p| (p, s)))
-            .min_by_key(|(p, _)| *p)
+    let d = decode(&m.model, prompt_ids, opts, &eos, m.config.max_position_embeddings, &mut rng, &mut |generated| {
+        text = m.tokenizer.decode(generated, true)?;
+        if let Some((pos, _)) =
+            opts.stop_strings.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str()).map(|p| (p, s))).min_by_key(|(p, _)| *p)
         {
             text.truncate(pos);
             if pos > emitted && !on_text(&text[emitted..]) {
-                finish = FinishReason::Cancelled;
-                break;
+                return Ok(Some(FinishReason::Cancelled));
             }
             emitted = text.len();
-            finish = FinishReason::StopString;
-            break;
+            return Ok(Some(FinishReason::StopString));
         }
         // Hold back an incomplete multi-byte character (decoded as U+FFFD) and any text that
         // could be the start of a stop string.
@@ -198,21 +238,23 @@ pub fn generate(
         }
         if safe > emitted && text.is_char_boundary(safe) {
             if !on_text(&text[emitted..safe]) {
-                finish = FinishReason::Cancelled;
-                break;
+                return Ok(Some(FinishReason::Cancelled));
             }
             emitted = safe;
         }
-    }
+        Ok(None)
+    })?;
+    let finish = d.finish;
     if finish != FinishReason::StopString && finish != FinishReason::Cancelled && emitted < text.len() {
         on_text(&text[emitted..]);
     }
     let total = t0.elapsed().as_secs_f64();
+    let prefill_seconds = d.prefill_seconds;
     let decode_seconds = (total - prefill_seconds).max(0.0);
-    let decoded_after_first = generated.len().saturating_sub(1);
+    let decoded_after_first = d.ids.len().saturating_sub(1);
     Ok(Generation {
         prompt_ids: prompt_ids.to_vec(),
-        generated_ids: generated,
+        generated_ids: d.ids,
         text,
         finish_reason: finish,
         prefill_seconds,

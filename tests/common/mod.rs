@@ -37,14 +37,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
 pub fn smollm2() -> PathBuf {
     let p = match std::env::var_os("WHETSTONE_SMOLLM2") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/whetstone/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/whetstone/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/run (or `scripts/fetch-smollm2.sh`) to download it, or set WHETSTONE_SMOLLM2",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run .ci/run (or `scripts/fetch-smollm2.sh`) to download it, or set WHETSTONE_SMOLLM2", p.display());
     p
 }
 

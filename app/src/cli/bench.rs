@@ -155,9 +155,10 @@ fn bench_generate(a: GenArgs) -> Result<()> {
 fn bench_train(a: TrainArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
     use whetstone_engine::model::lora::LoraConfig;
-    use whetstone_engine::train::SftTrainer;
-    use whetstone_engine::train::optim::AdamWConfig;
-    use whetstone_engine::train::sft::{Encoded, make_batch};
+    use whetstone_engine::model::batch::make_batch;
+    use whetstone_engine::text::sft::Encoded;
+    use whetstone_engine::train::optim::{AdamW, AdamWConfig};
+    use whetstone_engine::train::sft::SftTrainer;
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -172,13 +173,13 @@ fn bench_train(a: TrainArgs) -> Result<()> {
         Some(r) => m.model.clone().with_lora(&LoraConfig { rank: r, alpha: 2.0 * r as f64, ..Default::default() }, 0)?,
         None => m.model.clone(),
     };
-    let trainable = whetstone_engine::train::checkpoint::named_params(&model, true).values().map(|t| t.data.len()).sum::<usize>();
-    let mut trainer = SftTrainer::new(model, AdamWConfig::default(), Some(1.0));
+    let trainable = whetstone_engine::train::method::count_trainable(&model);
     let batch = make_batch(&examples.iter().collect::<Vec<_>>(), 0, &device);
+    let mut trainer = SftTrainer::new(model, AdamW::new(AdamWConfig::default()), Some(1.0), examples, 0);
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t = Instant::now();
-        trainer.step(std::slice::from_ref(&batch), 1e-5)?;
+        trainer.step_batches(std::slice::from_ref(&batch), 1e-5)?;
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -206,9 +207,12 @@ fn bench_train(a: TrainArgs) -> Result<()> {
 fn bench_ppo(a: PpoArgs) -> Result<()> {
     use whetstone_engine::model::lora::LoraConfig;
     use whetstone_engine::text::chat_template::Message;
+    use whetstone_engine::model::reward::RewardModel;
+    use whetstone_engine::train::grpo::GrpoPrompt;
+    use whetstone_engine::train::method::Trainer;
+    use whetstone_engine::train::optim::{AdamW, AdamWConfig, StepLr};
     use whetstone_engine::train::ppo::{PpoConfig, PpoTrainer};
-    use whetstone_engine::train::reward::RewardModel;
-    use whetstone_engine::train::rewards::Rule;
+    use whetstone_engine::train::rewards::{Rule, WeightedRule};
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -217,25 +221,28 @@ fn bench_ppo(a: PpoArgs) -> Result<()> {
     let lora = LoraConfig { rank: a.lora_rank, alpha: 2.0 * a.lora_rank as f64, ..Default::default() };
     let actor = m.model.clone().with_lora(&lora, 0)?;
     let critic = RewardModel::new(m.model.clone().with_lora(&lora, 1)?, m.config.hidden_size, 2);
-    let cfg = PpoConfig { max_new_tokens: a.new_tokens, ..Default::default() };
-    let mut p = PpoTrainer::new(actor, critic, cfg, 0);
-    let questions = ["What should I do for a mild fever?", "When is chest pain an emergency?", "How do I treat a small burn?", "Is a headache after a fall serious?"];
-    let prompts: Vec<Vec<u32>> = (0..a.batch)
-        .map(|i| m.tokenizer.apply_chat(&[Message::new("user", questions[i % questions.len()])], true).map(|x| x.1))
-        .collect::<Result<_>>()?;
     // Fixed-length responses: the benchmark measures work per token, so EOS is ignored.
     let rule = Rule::Contains { text: Some("doctor".into()), case_insensitive: true };
+    let cfg = PpoConfig { max_new_tokens: a.new_tokens, rules: vec![WeightedRule { rule, weight: 1.0 }], ..Default::default() };
+    let questions = ["What should I do for a mild fever?", "When is chest pain an emergency?", "How do I treat a small burn?", "Is a headache after a fall serious?"];
+    let prompts: Vec<GrpoPrompt> = (0..a.batch)
+        .map(|i| {
+            let q = questions[i % questions.len()];
+            Ok(GrpoPrompt { text: q.to_string(), ids: m.tokenizer.apply_chat(&[Message::new("user", q)], true)?.1, reference: None })
+        })
+        .collect::<Result<_>>()?;
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
+    let mut p = PpoTrainer::new(actor, critic, AdamW::new(AdamWConfig::default()), cfg, Some(1.0), prompts, m.tokenizer.clone(), vec![], pad, 0);
+    let all: Vec<usize> = (0..a.batch).collect();
     let mut rows = Vec::new();
     for i in 0..=a.steps {
-        let tok = &m.tokenizer;
-        let s = p.step(&prompts, &[], pad, &mut |_, r| Ok(rule.score(&tok.decode(r, true)?, None)))?;
+        let s = p.step(std::slice::from_ref(&all), StepLr { lr: 1.0, scale: 1.0 })?;
         if i > 0 {
-            rows.push(s);
+            rows.push(s.metrics);
         }
     }
-    let med = |f: fn(&whetstone_engine::train::ppo::PpoMetrics) -> f64| median(rows.iter().map(f).collect());
-    let (g, sc, tr) = (med(|r| r.generation_seconds), med(|r| r.scoring_seconds), med(|r| r.training_seconds));
+    let med = |k: &str| median(rows.iter().map(|r| r.get(k).copied().unwrap_or(f64::NAN)).collect());
+    let (g, sc, tr) = (med("generation_seconds"), med("scoring_seconds"), med("training_seconds"));
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if a.json {
         println!(

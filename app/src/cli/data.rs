@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use whetstone_engine::data::curate::{self, Query, SplitFractions};
 use whetstone_engine::data::export::{Shape, export};
 use whetstone_engine::data::import::parse_mappings;
-use whetstone_engine::data::labels::draft_candidates;
+use whetstone_engine::data::draft::draft_candidates;
 use whetstone_engine::data::{Workspace, parse_dataset_ref};
 
 #[derive(clap::Args, Debug)]
@@ -443,7 +443,7 @@ fn stats(dataset: &str, tokenizer: Option<PathBuf>, max_seq_len: usize, json_out
     }
     let tokens = match &tokenizer {
         Some(p) => {
-            let tok = whetstone_engine::text::tokenizer::Tokenizer::load(p)?;
+            let tok = whetstone_engine::runs::tokenizer(p)?;
             Some(curate::token_stats(&t, &v.roles, &tok, max_seq_len, 20)?)
         }
         None => None,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use whetstone_engine::data::Workspace;
-use whetstone_engine::eval::{report, suite};
+use whetstone_engine::eval::{ab, report, score, spec as suite};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
         let device = whetstone_engine::device::parse_device(&a.device)?;
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(indicatif::ProgressStyle::with_template("evaluating {bar:30} {pos}/{len} outputs  eta {eta}").unwrap());
-        let r = suite::run_suite(&spec, &device, &mut |done, total| {
+        let r = score::run_suite(&spec, &device, &mut |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             true
@@ -99,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("ok {}", ws.add_vote(&id, item, ma, mb, verdict, &a.annotator)?);
     }
     let votes = ws.votes(&id)?;
-    let ratings = suite::vote_ratings(&r, &votes, 1000, 0);
+    let ratings = ab::vote_ratings(&r, &votes, 1000, 0);
     if a.ratings {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&ratings)?);

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use whetstone_engine::io::safetensors::SaveDtype;
-use whetstone_engine::train::job::{ExportKind, export_run};
+use whetstone_engine::runs::export::{ExportKind, export_run};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

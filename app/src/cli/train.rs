@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use whetstone_engine::train::job::{JobEvent, JobSpec, RunOptions, spawn};
+use whetstone_engine::runs::JobEvent;
+use whetstone_engine::train::{JobSpec, RunOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,7 +29,8 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(r)) => JobSpec::from_file(&r.join("job.toml"))?,
         (None, None) => bail!("give a job file, or --resume RUN_DIR"),
     };
-    let handle = spawn(spec, RunOptions { resume: a.resume.clone(), device: a.device.clone(), stop_after: None });
+    // Through the evaluation layer, so a job with [eval_suite] gets its suite scored as it trains.
+    let handle = whetstone_engine::eval::live::spawn(spec, RunOptions { resume: a.resume.clone(), device: a.device.clone(), ..Default::default() });
     let bar = ProgressBar::hidden();
     let mut result: Result<()> = Err(anyhow::anyhow!("the job ended without a result"));
     for ev in handle.events.iter() {
@@ -36,10 +38,10 @@ pub fn run(a: Args) -> Result<()> {
             println!("{}", serde_json::to_string(&ev)?);
         }
         match &ev {
-            JobEvent::Started { run_dir, total_steps, start_step, train_examples, eval_examples, memory, .. } => {
+            JobEvent::Started { run_dir, total_steps, start_step, train_examples, eval_examples, memory, device, .. } => {
                 if !a.json {
                     eprintln!(
-                        "run {} — {train_examples} training / {eval_examples} held-out examples, {total_steps} steps, ~{:.2} GB",
+                        "run {} on {device} — {train_examples} training / {eval_examples} held-out examples, {total_steps} steps, ~{:.2} GB",
                         run_dir.display(),
                         memory.total_bytes as f64 / 1e9
                     );

@@ -235,7 +235,12 @@ pub fn find_duplicates(table: &Table, roles: &Roles, columns: &[String], thresho
         for &r in &rows[1..] {
             representative[r] = false;
         }
-        groups.push(DupGroup { kind: "exact".into(), rows: rows.clone(), ids: rows.iter().map(|&r| ids[r].clone()).collect(), similarity: 1.0 });
+        groups.push(DupGroup {
+            kind: "exact".into(),
+            rows: rows.clone(),
+            ids: rows.iter().map(|&r| ids[r].clone()).collect(),
+            similarity: 1.0,
+        });
     }
     // Near duplicates among the distinct texts.
     let reps: Vec<usize> = (0..texts.len()).filter(|&i| representative[i]).collect();
@@ -342,12 +347,8 @@ fn luhn(s: &str) -> bool {
     if digits.len() < 13 {
         return false;
     }
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
-        .sum();
+    let sum: u32 =
+        digits.iter().rev().enumerate().map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }).sum();
     sum % 10 == 0
 }
 
@@ -405,7 +406,8 @@ pub fn scan_text(text: &str) -> Vec<(usize, usize, PiiKind)> {
                 // Not part of a longer run of digit groups ("4111 1111 1111 1112" is not a phone).
                 let sep = |b: u8| matches!(b, b' ' | b'-' | b'.');
                 let before = s > 0 && (bytes[s - 1].is_ascii_digit() || (s > 1 && sep(bytes[s - 1]) && bytes[s - 2].is_ascii_digit()));
-                let after = e < bytes.len() && (bytes[e].is_ascii_digit() || (e + 1 < bytes.len() && sep(bytes[e]) && bytes[e + 1].is_ascii_digit()));
+                let after = e < bytes.len()
+                    && (bytes[e].is_ascii_digit() || (e + 1 < bytes.len() && sep(bytes[e]) && bytes[e + 1].is_ascii_digit()));
                 if before || after {
                     continue;
                 }
@@ -446,7 +448,12 @@ pub fn redact_text(text: &str, spans: &[(usize, usize, PiiKind)]) -> String {
 /// Scan the text columns (default: all) for PII.
 pub fn scan_pii(table: &Table, columns: &[String]) -> Result<Vec<PiiHit>> {
     let cols: Vec<String> = if columns.is_empty() {
-        table.columns.iter().filter(|c| c.kind == ColumnKind::Text || c.name.contains("message") || c.name.contains("conversation")).map(|c| c.name.clone()).collect()
+        table
+            .columns
+            .iter()
+            .filter(|c| c.kind == ColumnKind::Text || c.name.contains("message") || c.name.contains("conversation"))
+            .map(|c| c.name.clone())
+            .collect()
     } else {
         columns.to_vec()
     };
@@ -513,10 +520,10 @@ pub struct TokenStats {
 /// tokenizer has one), with a histogram and the share over `max_seq_len`.
 pub fn token_stats(table: &Table, roles: &Roles, tok: &Tokenizer, max_seq_len: usize, bins: usize) -> Result<TokenStats> {
     let records = table.records()?;
-    let examples = super::records::sft_examples(&records, &roles.to_sft_columns(), std::path::Path::new("dataset"))?;
+    let examples = super::records::sft_examples(&records, roles, std::path::Path::new("dataset"))?;
     let lengths: Vec<usize> = examples
         .par_iter()
-        .map(|ex| crate::train::sft::encode(tok, ex, usize::MAX, true, tok.eos_id()).map(|e| e.ids.len()))
+        .map(|ex| crate::text::sft::encode(tok, ex, usize::MAX, true, tok.eos_id()).map(|e| e.ids.len()))
         .collect::<Result<_>>()?;
     Ok(length_stats(lengths, max_seq_len, bins))
 }

@@ -12,7 +12,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::records::{Record, SftColumns};
+use super::records::Record;
 use super::table::{ColumnInfo, ColumnKind, ID_COLUMN, Table};
 
 /// What a column means to training and labelling.
@@ -37,9 +37,12 @@ pub struct Roles {
     pub score: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// RL and evaluation data: the reference answer rules and metrics compare against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
-pub const ROLE_NAMES: [&str; 9] = ["system", "prompt", "response", "chosen", "rejected", "messages", "label", "score", "id"];
+pub const ROLE_NAMES: [&str; 10] = ["system", "prompt", "response", "chosen", "rejected", "messages", "label", "score", "id", "reference"];
 
 /// Column names that suggest each role, best first (compared case-insensitively).
 fn role_guesses(role: &str) -> &'static [&'static str] {
@@ -53,6 +56,7 @@ fn role_guesses(role: &str) -> &'static [&'static str] {
         "label" => &["label", "category", "class", "department", "topic"],
         "score" => &["score", "rating", "reward"],
         "id" => &["id", "uid", "uuid", "record_id"],
+        "reference" => &["reference", "ground_truth", "gold", "expected", "target"],
         _ => &[],
     }
 }
@@ -73,6 +77,7 @@ impl Roles {
             "label" => &self.label,
             "score" => &self.score,
             "id" => &self.id,
+            "reference" => &self.reference,
             _ => return None,
         })
     }
@@ -88,8 +93,16 @@ impl Roles {
             "label" => &mut self.label,
             "score" => &mut self.score,
             "id" => &mut self.id,
+            "reference" => &mut self.reference,
             _ => return None,
         })
+    }
+
+    /// Set one role without checking the column (the caller checks it against the data).
+    pub fn set_unchecked(&mut self, role: &str, column: Option<String>) {
+        if let Some(slot) = self.slot_mut(role) {
+            *slot = column;
+        }
     }
 
     /// Set one role; `column` must be one of `columns`.
@@ -106,19 +119,26 @@ impl Roles {
 
     /// Guess every role from the column names (instruction/question → prompt, output/answer → response, …).
     pub fn guess(columns: &[String]) -> Self {
-        let mut r = Roles::default();
-        let mut used: Vec<&str> = Vec::new();
+        Roles::default().guess_missing(columns)
+    }
+
+    /// Keep the roles set here and guess the others from the column names, never giving one
+    /// column two roles. A chat column carries its own turns, so with one and no prompt, no
+    /// response is guessed (it would count the turns twice).
+    pub fn guess_missing(&self, columns: &[String]) -> Self {
+        let mut r = self.clone();
+        let mut used: Vec<String> = ROLE_NAMES.iter().filter_map(|role| r.get(role).cloned()).collect();
         for role in ROLE_NAMES {
-            let hit = role_guesses(role)
-                .iter()
-                .find_map(|g| columns.iter().find(|c| c.eq_ignore_ascii_case(g) && !used.contains(&c.as_str())));
+            if r.get(role).is_some() {
+                continue;
+            }
+            let hit = role_guesses(role).iter().find_map(|g| columns.iter().find(|c| c.eq_ignore_ascii_case(g) && !used.contains(c)));
             if let Some(c) = hit {
-                used.push(c);
-                *r.slot_mut(role).unwrap() = Some(c.clone());
+                used.push(c.clone());
+                *r.slot_mut(role).expect("known role") = Some(c.clone());
             }
         }
-        // A chat column carries its own turns; prompt/response guesses would double-count them.
-        if r.messages.is_some() && r.prompt.is_none() {
+        if r.messages.is_some() && self.prompt.is_none() && self.response.is_none() && r.prompt.is_none() {
             r.response = None;
         }
         r
@@ -131,18 +151,6 @@ impl Roles {
             r.set(role, if col.is_empty() { None } else { Some(col) }, columns)?;
         }
         Ok(r)
-    }
-
-    pub fn to_sft_columns(&self) -> SftColumns {
-        SftColumns {
-            prompt: self.prompt.clone(),
-            response: self.response.clone(),
-            system: self.system.clone(),
-            messages: self.messages.clone(),
-            chosen: self.chosen.clone(),
-            rejected: self.rejected.clone(),
-            reference: self.response.clone(),
-        }
     }
 
     pub fn as_map(&self) -> BTreeMap<String, String> {
@@ -189,7 +197,11 @@ pub fn parse_file(path: &Path) -> Result<Parsed> {
             if records.is_empty() {
                 bail!("{}: no records", path.display());
             }
-            Ok(Parsed { table: Table::from_records(&records, None).with_context(|| path.display().to_string())?, format: ext, encoding: "utf-8".into() })
+            Ok(Parsed {
+                table: Table::from_records(&records, None).with_context(|| path.display().to_string())?,
+                format: ext,
+                encoding: "utf-8".into(),
+            })
         }
         "parquet" => parse_parquet(path),
         other => bail!("{}: unknown data format `.{other}` (expected .csv, .tsv, .json, .jsonl or .parquet)", path.display()),
@@ -400,7 +412,8 @@ fn parse_parquet(path: &Path) -> Result<Parsed> {
             .map_err(|e| anyhow!("{}: column `{name}`: {e}", path.display()))?;
         let mut cells = Vec::with_capacity(df.height());
         for (i, line) in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
-            let mut obj: Record = serde_json::from_slice(line).map_err(|e| anyhow!("{}: row {}: column `{name}`: {e}", path.display(), i + 1))?;
+            let mut obj: Record =
+                serde_json::from_slice(line).map_err(|e| anyhow!("{}: row {}: column `{name}`: {e}", path.display(), i + 1))?;
             cells.push(match obj.remove(&name) {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(v.to_string()),

@@ -77,7 +77,10 @@ pub fn validate_label(kind: &str, value: &Value) -> Result<Value> {
         },
         "tags" => {
             let tags: Vec<String> = match value {
-                Value::Array(a) => a.iter().map(|t| t.as_str().map(|s| s.trim().to_string()).ok_or_else(|| anyhow!("tags must be text"))).collect::<Result<_>>()?,
+                Value::Array(a) => a
+                    .iter()
+                    .map(|t| t.as_str().map(|s| s.trim().to_string()).ok_or_else(|| anyhow!("tags must be text")))
+                    .collect::<Result<_>>()?,
                 Value::String(s) => s.split(',').map(|t| t.trim().to_string()).collect(),
                 _ => bail!("tags must be a list of text (got {value})"),
             };
@@ -131,7 +134,10 @@ impl Workspace {
         let path = self.snapshot_path(&v);
         let f = std::fs::File::open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
         use polars::prelude::*;
-        let df = ParquetReader::new(f).with_columns(Some(vec![ID_COLUMN.to_string()])).finish().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let df = ParquetReader::new(f)
+            .with_columns(Some(vec![ID_COLUMN.to_string()]))
+            .finish()
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(df.column(ID_COLUMN)?.str()?.iter().map(|s| s.unwrap_or_default().to_string()).collect())
     }
 
@@ -460,7 +466,8 @@ impl Workspace {
                     _ => {} // ties and both-bad carry no preference
                 }
             } else {
-                let order: Vec<String> = l.value["order"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect();
+                let order: Vec<String> =
+                    l.value["order"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect();
                 for i in 0..order.len() {
                     for j in i + 1..order.len() {
                         pairs.push((order[i].clone(), order[j].clone()));
@@ -481,7 +488,8 @@ impl Workspace {
             bail!("no pair or ranking verdicts with a preference in `{dataset}` yet");
         }
         let out = Table::from_records(&rows, None)?;
-        let roles = Roles { prompt: Some("prompt".into()), chosen: Some("chosen".into()), rejected: Some("rejected".into()), ..Default::default() };
+        let roles =
+            Roles { prompt: Some("prompt".into()), chosen: Some("chosen".into()), rejected: Some("rejected".into()), ..Default::default() };
         let name = format!("{dataset}-preferences");
         let parent = self.version(&name, None).ok().map(|p| p.version);
         let detail = json!({ "from_dataset": dataset, "from_version": v.version, "annotator": annotator, "pairs": rows.len() });
@@ -510,10 +518,8 @@ impl Workspace {
         let mut pairwise = Vec::new();
         for i in 0..annotators.len() {
             for j in i + 1..annotators.len() {
-                let (a, b): (Vec<&str>, Vec<&str>) = by_item
-                    .values()
-                    .filter_map(|m| Some((m.get(&annotators[i])?.as_str(), m.get(&annotators[j])?.as_str())))
-                    .unzip();
+                let (a, b): (Vec<&str>, Vec<&str>) =
+                    by_item.values().filter_map(|m| Some((m.get(&annotators[i])?.as_str(), m.get(&annotators[j])?.as_str()))).unzip();
                 if !a.is_empty() {
                     pairwise.push((annotators[i].clone(), annotators[j].clone(), a.len(), cohen_kappa(&a, &b)));
                 }
@@ -547,14 +553,24 @@ pub fn summarise_labels(labels: &[Label]) -> HashMap<String, LabelSummary> {
         match l.kind.as_str() {
             "status" => s.status = l.value.as_str().map(str::to_string),
             "rating" => s.rating = l.value.as_u64().map(|r| r as u8),
-            "tags" => s.tags = l.value.as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+            "tags" => {
+                s.tags = l.value.as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()).unwrap_or_default()
+            }
             _ => {}
         }
     }
     out
 }
 
-fn write_label(tx: &rusqlite::Transaction, dataset: &str, record: &str, annotator: &str, kind: &str, value: Option<&str>, at: &str) -> Result<()> {
+fn write_label(
+    tx: &rusqlite::Transaction,
+    dataset: &str,
+    record: &str,
+    annotator: &str,
+    kind: &str,
+    value: Option<&str>,
+    at: &str,
+) -> Result<()> {
     match value {
         Some(v) => tx.execute(
             "INSERT INTO labels (dataset, record, annotator, kind, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -612,47 +628,11 @@ pub fn fleiss_kappa(counts: &[Vec<usize>]) -> f64 {
     }
     let k = counts[0].len();
     let p_j: Vec<f64> = (0..k).map(|j| counts.iter().map(|r| r[j] as f64).sum::<f64>() / (n_items * raters)).collect();
-    let p_bar = counts.iter().map(|r| (r.iter().map(|&c| (c * c) as f64).sum::<f64>() - raters) / (raters * (raters - 1.0))).sum::<f64>() / n_items;
+    let p_bar =
+        counts.iter().map(|r| (r.iter().map(|&c| (c * c) as f64).sum::<f64>() - raters) / (raters * (raters - 1.0))).sum::<f64>() / n_items;
     let pe: f64 = p_j.iter().map(|p| p * p).sum();
     if (1.0 - pe).abs() < 1e-12 {
         return if (p_bar - 1.0).abs() < 1e-12 { 1.0 } else { 0.0 };
     }
     (p_bar - pe) / (1.0 - pe)
-}
-
-/// Generate `k` responses per record with a model and store them as candidates for pairwise
-/// labelling. `on_progress(done, total)` is called after each record; return false to stop.
-pub fn draft_candidates(
-    ws: &mut Workspace,
-    dataset: &str,
-    model: &crate::model::LoadedModel,
-    model_name: &str,
-    k: usize,
-    opts: &crate::generate::GenerateOptions,
-    limit: Option<usize>,
-    on_progress: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<usize> {
-    let (v, table) = ws.load(dataset, None)?;
-    let prompt_col = v.roles.prompt.clone().ok_or_else(|| anyhow!("dataset `{dataset}` has no prompt column; map one first"))?;
-    let ids = table.ids()?;
-    let n = limit.unwrap_or(ids.len()).min(ids.len());
-    let mut made = 0;
-    for (row, id) in ids.iter().enumerate().take(n) {
-        let prompt = ws.source_text(&table, row, &format!("col:{prompt_col}"))?;
-        let prompt_ids = model.tokenizer.prompt_ids(&prompt)?;
-        let mut texts = Vec::with_capacity(k);
-        for j in 0..k {
-            let mut o = opts.clone();
-            o.seed = opts.seed.wrapping_add((row * k + j) as u64);
-            let g = crate::generate::generate(model, &prompt_ids, &o, &mut |_| true)?;
-            texts.push(g.text.trim().to_string());
-        }
-        let params_ = json!({"temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k, "max_new_tokens": opts.max_new_tokens, "seed": opts.seed});
-        ws.add_candidates(dataset, id, model_name, &texts, &params_)?;
-        made += texts.len();
-        if !on_progress(row + 1, n) {
-            break;
-        }
-    }
-    Ok(made)
 }

@@ -1,15 +1,16 @@
 //! Records from JSONL, JSON, CSV/TSV and Parquet files, as JSON objects, with errors that name
-//! the file and the line or row. Column → role mapping for SFT examples.
+//! the file and the line or row. Records → training examples through the dataset's `Roles`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use polars::prelude::*;
-use serde::{Deserialize, Serialize};
+
 use serde_json::{Map, Value};
 
+use super::import::Roles;
 use crate::text::chat_template::Message;
-use crate::train::sft::SftExample;
+use crate::text::sft::SftExample;
 
 pub type Record = Map<String, Value>;
 
@@ -43,8 +44,8 @@ pub(crate) fn parse_jsonl(text: &str, path: &Path) -> Result<Vec<Record>> {
         if line.is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| anyhow!("{}:{}: invalid JSON at column {}: {e}", path.display(), i + 1, e.column()))?;
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: invalid JSON at column {}: {e}", path.display(), i + 1, e.column()))?;
         match v {
             Value::Object(o) => out.push(o),
             other => bail!("{}:{}: expected a JSON object, found {}", path.display(), i + 1, kind(&other)),
@@ -61,8 +62,8 @@ fn read_json(path: &Path) -> Result<Vec<Record>> {
 /// Records of a JSON array of objects; errors name `path` and the line.
 pub(crate) fn parse_json(text: &str, path: &Path) -> Result<Vec<Record>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| anyhow!("{}:{}: invalid JSON at column {}: {e}", path.display(), e.line(), e.column()))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| anyhow!("{}:{}: invalid JSON at column {}: {e}", path.display(), e.line(), e.column()))?;
     let Value::Array(items) = v else { bail!("{}: expected a JSON array of objects", path.display()) };
     items
         .into_iter()
@@ -120,42 +121,6 @@ fn read_parquet(path: &Path) -> Result<Vec<Record>> {
     frame_records(&df, path)
 }
 
-/// Which columns hold which role for SFT.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SftColumns {
-    pub prompt: Option<String>,
-    pub response: Option<String>,
-    pub system: Option<String>,
-    /// A column holding a chat as a list of {role, content} (or a JSON string of one).
-    pub messages: Option<String>,
-    /// Preference data: the better and the worse response.
-    pub chosen: Option<String>,
-    pub rejected: Option<String>,
-    /// RL data: the reference answer rule rewards compare against.
-    pub reference: Option<String>,
-}
-
-const PROMPT_NAMES: [&str; 5] = ["prompt", "instruction", "question", "query", "input"];
-const RESPONSE_NAMES: [&str; 5] = ["response", "completion", "output", "answer", "chosen"];
-
-impl SftColumns {
-    /// Fill unset roles from the column names present (instruction/question → prompt, …).
-    pub fn guess(&self, columns: &[String]) -> Self {
-        let find = |names: &[&str]| names.iter().find(|n| columns.iter().any(|c| c == *n)).map(|s| s.to_string());
-        let mut c = self.clone();
-        if c.messages.is_none() && c.prompt.is_none() && columns.iter().any(|x| x == "messages" || x == "conversations") {
-            c.messages = Some(if columns.iter().any(|x| x == "messages") { "messages" } else { "conversations" }.into());
-        }
-        if c.messages.is_none() {
-            c.prompt = c.prompt.or_else(|| find(&PROMPT_NAMES));
-            c.response = c.response.or_else(|| find(&RESPONSE_NAMES));
-            c.system = c.system.or_else(|| find(&["system"]));
-        }
-        c
-    }
-}
-
 fn text_field(r: &Record, col: &str, row: usize, file: &str) -> Result<String> {
     match r.get(col) {
         Some(Value::String(s)) => Ok(s.clone()),
@@ -193,26 +158,29 @@ fn parse_messages(v: &Value, row: usize, col: &str, file: &str) -> Result<Vec<Me
         .collect()
 }
 
-/// Turn records into SFT examples with the given (or guessed) column mapping.
-pub fn sft_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Result<Vec<SftExample>> {
-    let f = file.display().to_string();
-    let names: Vec<String> = records.first().map(|r| r.keys().cloned().collect()).unwrap_or_default();
-    let c = columns.guess(&names);
-    let check = |col: &Option<String>| -> Result<()> {
-        if let Some(col) = col {
+/// The roles in force for `records`: those set, the others guessed from the column names.
+fn roles_for(records: &[Record], roles: &Roles, file: &str) -> Result<(Roles, Vec<String>)> {
+    if records.is_empty() {
+        bail!("{file}: no records");
+    }
+    let names: Vec<String> = records[0].keys().cloned().collect();
+    let r = roles.guess_missing(&names);
+    for role in super::import::ROLE_NAMES {
+        if let Some(col) = roles.get(role) {
             if !names.contains(col) {
-                bail!("{f}: column `{col}` not found (columns: {})", names.join(", "));
+                bail!("{file}: column `{col}` ({role}) not found (columns: {})", names.join(", "));
             }
         }
-        Ok(())
-    };
-    check(&c.prompt)?;
-    check(&c.response)?;
-    check(&c.system)?;
-    check(&c.messages)?;
-    if records.is_empty() {
-        bail!("{f}: no records");
     }
+    Ok((r, names))
+}
+
+/// Turn records into SFT examples: a chat column, or prompt + response (a preference dataset's
+/// `chosen` stands in for a missing response), with an optional system column.
+pub fn sft_examples(records: &[Record], roles: &Roles, file: &Path) -> Result<Vec<SftExample>> {
+    let f = file.display().to_string();
+    let (c, names) = roles_for(records, roles, &f)?;
+    let response = c.response.clone().or(c.chosen.clone());
     records
         .iter()
         .enumerate()
@@ -221,8 +189,11 @@ pub fn sft_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Re
                 let v = r.get(col).ok_or_else(|| anyhow!("{f}: row {}: column `{col}` is empty", i + 1))?;
                 return Ok(SftExample { messages: parse_messages(v, i, col, &f)? });
             }
-            let (Some(p), Some(resp)) = (&c.prompt, &c.response) else {
-                bail!("{f}: no prompt/response columns found (columns: {}); map them with prompt = \"…\", response = \"…\"", names.join(", "));
+            let (Some(p), Some(resp)) = (&c.prompt, &response) else {
+                bail!(
+                    "{f}: no prompt/response columns found (columns: {}); map them with prompt = \"…\", response = \"…\"",
+                    names.join(", ")
+                );
             };
             let system = match &c.system {
                 Some(s) => Some(text_field(r, s, i, &f).unwrap_or_default()),
@@ -233,53 +204,37 @@ pub fn sft_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Re
         .collect()
 }
 
-fn column<'a>(explicit: &'a Option<String>, names: &[String], guesses: &[&str]) -> Option<String> {
-    explicit.clone().or_else(|| guesses.iter().find(|g| names.iter().any(|n| n == *g)).map(|s| s.to_string()))
-}
-
 fn require_column(col: Option<String>, role: &str, names: &[String], file: &str) -> Result<String> {
-    let col = col.ok_or_else(|| anyhow!("{file}: no `{role}` column found (columns: {}); map it with {role} = \"…\"", names.join(", ")))?;
-    if !names.contains(&col) {
-        bail!("{file}: column `{col}` not found (columns: {})", names.join(", "));
-    }
-    Ok(col)
+    col.ok_or_else(|| anyhow!("{file}: no `{role}` column found (columns: {}); map it with {role} = \"…\"", names.join(", ")))
 }
 
 /// (prompt, chosen, rejected) triples for reward-model and DPO training.
-pub fn preference_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Result<Vec<(String, String, String)>> {
+pub fn preference_examples(records: &[Record], roles: &Roles, file: &Path) -> Result<Vec<(String, String, String)>> {
     let f = file.display().to_string();
-    let names: Vec<String> = records.first().map(|r| r.keys().cloned().collect()).unwrap_or_default();
-    if records.is_empty() {
-        bail!("{f}: no records");
-    }
-    let p = require_column(column(&columns.prompt, &names, &PROMPT_NAMES), "prompt", &names, &f)?;
-    let c = require_column(column(&columns.chosen, &names, &["chosen"]), "chosen", &names, &f)?;
-    let r = require_column(column(&columns.rejected, &names, &["rejected"]), "rejected", &names, &f)?;
+    let (c, names) = roles_for(records, roles, &f)?;
+    let p = require_column(c.prompt, "prompt", &names, &f)?;
+    let ch = require_column(c.chosen, "chosen", &names, &f)?;
+    let r = require_column(c.rejected, "rejected", &names, &f)?;
     records
         .iter()
         .enumerate()
-        .map(|(i, rec)| Ok((text_field(rec, &p, i, &f)?, text_field(rec, &c, i, &f)?, text_field(rec, &r, i, &f)?)))
+        .map(|(i, rec)| Ok((text_field(rec, &p, i, &f)?, text_field(rec, &ch, i, &f)?, text_field(rec, &r, i, &f)?)))
         .collect()
 }
 
-/// (prompt, optional reference answer) pairs for RL (PPO, GRPO).
-pub fn prompt_examples(records: &[Record], columns: &SftColumns, file: &Path) -> Result<Vec<(String, Option<String>)>> {
+/// (prompt, optional reference answer) pairs for RL (PPO, GRPO): the reference is the
+/// `reference` role, else the response.
+pub fn prompt_examples(records: &[Record], roles: &Roles, file: &Path) -> Result<Vec<(String, Option<String>)>> {
     let f = file.display().to_string();
-    let names: Vec<String> = records.first().map(|r| r.keys().cloned().collect()).unwrap_or_default();
-    if records.is_empty() {
-        bail!("{f}: no records");
-    }
-    let p = require_column(column(&columns.prompt, &names, &PROMPT_NAMES), "prompt", &names, &f)?;
-    let reference = match column(&columns.reference, &names, &["reference", "answer", "solution", "response"]) {
-        Some(c) => Some(require_column(Some(c), "reference", &names, &f)?),
-        None => None,
-    };
+    let (c, names) = roles_for(records, roles, &f)?;
+    let p = require_column(c.prompt, "prompt", &names, &f)?;
+    let reference = c.reference.or(c.response);
     records
         .iter()
         .enumerate()
         .map(|(i, rec)| {
             let r = match &reference {
-                Some(c) => Some(text_field(rec, c, i, &f)?),
+                Some(col) => Some(text_field(rec, col, i, &f)?),
                 None => None,
             };
             Ok((text_field(rec, &p, i, &f)?, r))

@@ -67,7 +67,9 @@ impl Table {
             None => Value::Null,
             Some(s) => match kind {
                 ColumnKind::Text => Value::String(s.to_string()),
-                ColumnKind::Json => serde_json::from_str(s).map_err(|e| anyhow!("row {}: column `{name}`: stored JSON is invalid: {e}", row + 1))?,
+                ColumnKind::Json => {
+                    serde_json::from_str(s).map_err(|e| anyhow!("row {}: column `{name}`: stored JSON is invalid: {e}", row + 1))?
+                }
             },
         })
     }

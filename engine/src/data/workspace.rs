@@ -157,7 +157,7 @@ pub struct VersionInfo {
 pub struct Workspace {
     root: PathBuf,
     pub config: WorkspaceConfig,
-    pub(crate) conn: Connection,
+    pub(super) conn: Connection,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -228,7 +228,8 @@ impl Workspace {
         for sub in ["datasets", "runs", "evals"] {
             std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("{}: cannot create folder", dir.join(sub).display()))?;
         }
-        let config = WorkspaceConfig { name: name.to_string(), created_at: now_rfc3339(), default_model: None, annotator: default_annotator() };
+        let config =
+            WorkspaceConfig { name: name.to_string(), created_at: now_rfc3339(), default_model: None, annotator: default_annotator() };
         let mut conn = open_db(&dir.join(DB_FILE))?;
         migrate(&mut conn, SCHEMA_VERSION)?;
         // The config file is written last: its presence marks a complete workspace.
@@ -293,7 +294,11 @@ impl Workspace {
         let found = match version {
             Some(v) => self
                 .conn
-                .query_row(&format!("SELECT {VERSION_COLS} FROM versions WHERE dataset = ?1 AND version = ?2"), params![dataset, v], row_to_version)
+                .query_row(
+                    &format!("SELECT {VERSION_COLS} FROM versions WHERE dataset = ?1 AND version = ?2"),
+                    params![dataset, v],
+                    row_to_version,
+                )
                 .optional()?,
             None => self
                 .conn
@@ -352,7 +357,7 @@ impl Workspace {
         }
         let detail = serde_json::json!({
             "source": path.display().to_string(),
-            "source_sha256": crate::train::job::sha256_file(path)?,
+            "source_sha256": crate::io::hash::sha256_file(path)?,
             "format": parsed.format,
             "encoding": parsed.encoding,
         });
@@ -360,7 +365,15 @@ impl Workspace {
     }
 
     /// Write `table` as the next version of `dataset` (creating the dataset at version 1).
-    pub fn commit_version(&mut self, dataset: &str, parent: Option<u32>, table: &Table, roles: Roles, operation: &str, detail: Value) -> Result<VersionInfo> {
+    pub fn commit_version(
+        &mut self,
+        dataset: &str,
+        parent: Option<u32>,
+        table: &Table,
+        roles: Roles,
+        operation: &str,
+        detail: Value,
+    ) -> Result<VersionInfo> {
         check_name(dataset)?;
         let dir = self.root.join("datasets").join(dataset);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -376,7 +389,7 @@ impl Workspace {
                 version,
                 parent,
                 file: rel.clone(),
-                sha256: crate::train::job::sha256_file(&path)?,
+                sha256: crate::io::hash::sha256_file(&path)?,
                 rows: table.height(),
                 columns: table.columns.clone(),
                 roles,
@@ -477,7 +490,8 @@ impl Workspace {
         for h in &hits {
             *by_kind.entry(h.kind.placeholder()).or_insert(0usize) += 1;
         }
-        let info = self.commit_version(dataset, Some(v.version), &out, v.roles.clone(), "redact", serde_json::json!({"replaced": by_kind}))?;
+        let info =
+            self.commit_version(dataset, Some(v.version), &out, v.roles.clone(), "redact", serde_json::json!({"replaced": by_kind}))?;
         Ok((info, hits))
     }
 }

@@ -5,50 +5,9 @@ use rand::{Rng, SeedableRng};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-/// Text normalisation is shared with the rule rewards of RL jobs.
-pub use crate::train::rewards::Normalise;
-
-pub fn normalise(s: &str, n: &Normalise) -> String {
-    n.apply(s)
-}
-
-pub fn exact_match(output: &str, reference: &str, n: &Normalise) -> f64 {
-    f64::from(normalise(output, n) == normalise(reference, n))
-}
-
-pub fn contains(output: &str, reference: &str, case_insensitive: bool) -> f64 {
-    if reference.is_empty() {
-        return 0.0;
-    }
-    if case_insensitive {
-        f64::from(output.to_lowercase().contains(&reference.to_lowercase()))
-    } else {
-        f64::from(output.contains(reference))
-    }
-}
-
-pub fn regex_match(output: &str, re: &Regex) -> f64 {
-    f64::from(re.is_match(output))
-}
-
-/// The first number in a text (accepts `1,234.5`, `-3`, `2e-3`).
-pub fn first_number(s: &str) -> Option<f64> {
-    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?").unwrap());
-    re.find(s).and_then(|m| m.as_str().replace(',', "").parse().ok())
-}
-
-/// 1 when the first number in the output is within `tolerance` of the reference's (relative
-/// to the reference's size when `relative`).
-pub fn numeric(output: &str, reference: &str, tolerance: f64, relative: bool) -> f64 {
-    match (first_number(output), first_number(reference)) {
-        (Some(o), Some(r)) => {
-            let tol = if relative { tolerance * r.abs() } else { tolerance };
-            f64::from((o - r).abs() <= tol + 1e-12)
-        }
-        _ => 0.0,
-    }
-}
+/// Matching is shared with the rule rewards of RL jobs: the answer's number is the last number
+/// in the text (`text::matching`).
+pub use crate::text::matching::{Normalise, Pattern, answer_number, contains, exact_match, numeric};
 
 /// A judge's score scaled to [0, 1]: an explicit `N/max` if there is one, else the last whole
 /// number from 1 to `max` in its reply ("On a scale of 1 to 5, I give 4" → 4).
@@ -115,22 +74,22 @@ mod tests {
     #[test]
     fn scoring_by_hand() {
         let n = Normalise::squad();
-        assert_eq!(normalise("  The  Answer, is: PARIS! ", &n), "the answer is paris");
+        assert_eq!(n.apply("  The  Answer, is: PARIS! "), "the answer is paris");
         assert_eq!(exact_match("Paris.", "paris", &n), 1.0);
         assert_eq!(exact_match("Paris, France", "paris", &n), 0.0);
         let arts = Normalise { strip_articles: true, ..n };
         assert_eq!(exact_match("The Eiffel Tower", "eiffel tower", &arts), 1.0);
         assert_eq!(contains("Emergency: call 911", "emergency", true), 1.0);
         assert_eq!(contains("Emergency: call 911", "emergency", false), 0.0);
-        assert_eq!(first_number("about 1,234.5 mg"), Some(1234.5));
-        assert_eq!(first_number("-3 degrees"), Some(-3.0));
+        assert_eq!(answer_number("about 1,234.5 mg"), Some(1234.5));
+        assert_eq!(answer_number("-3 degrees"), Some(-3.0));
         assert_eq!(numeric("It is 101 C", "100", 1.0, false), 1.0);
         assert_eq!(numeric("It is 102 C", "100", 1.0, false), 0.0);
         assert_eq!(numeric("about 105", "100", 0.05, true), 1.0);
         assert_eq!(judge_score("Score: 4/5 because…", 5), Some(0.75));
         assert_eq!(judge_score("On a scale of 1 to 5, I give 4", 5), Some(0.75));
         assert_eq!(judge_score("I give it a 9", 5), None);
-        assert_eq!(regex_match("Routine: rest", &Regex::new("^(Routine|Urgent)").unwrap()), 1.0);
+        assert_eq!(Pattern::new("^(Routine|Urgent)").unwrap().score("Routine: rest"), 1.0);
     }
 
     #[test]

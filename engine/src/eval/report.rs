@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::ratings::Ratings;
-use super::suite::EvalResult;
+use super::score::EvalResult;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -37,7 +37,11 @@ pub fn markdown(r: &EvalResult, ratings: Option<&Ratings>) -> String {
     let _ = writeln!(s, "| model | {} |", r.metrics.join(" | "));
     let _ = writeln!(s, "|---|{}", "---|".repeat(r.metrics.len()));
     for m in &r.summary {
-        let cells: Vec<String> = r.metrics.iter().map(|k| m.metrics.get(k).map_or("-".into(), |x| format!("{:.3} [{:.3}, {:.3}]", x.mean, x.lo, x.hi))).collect();
+        let cells: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|k| m.metrics.get(k).map_or("-".into(), |x| format!("{:.3} [{:.3}, {:.3}]", x.mean, x.lo, x.hi)))
+            .collect();
         let _ = writeln!(s, "| {} | {} |", m.model, cells.join(" | "));
     }
     let _ = writeln!(s, "\nValues are means with 95 % bootstrap intervals (perplexity: lower is better).\n");
@@ -48,7 +52,11 @@ pub fn markdown(r: &EvalResult, ratings: Option<&Ratings>) -> String {
         let _ = writeln!(s, "| tag | {} |", r.summary.iter().map(|m| m.model.as_str()).collect::<Vec<_>>().join(" | "));
         let _ = writeln!(s, "|---|{}", "---|".repeat(r.summary.len()));
         for t in tags {
-            let cells: Vec<String> = r.summary.iter().map(|m| m.by_tag.get(t).and_then(|x| x.get(metric)).map_or("-".into(), |x| format!("{:.3} (n={})", x.mean, x.n))).collect();
+            let cells: Vec<String> = r
+                .summary
+                .iter()
+                .map(|m| m.by_tag.get(t).and_then(|x| x.get(metric)).map_or("-".into(), |x| format!("{:.3} (n={})", x.mean, x.n)))
+                .collect();
             let _ = writeln!(s, "| {t} | {} |", cells.join(" | "));
         }
     }
@@ -56,7 +64,11 @@ pub fn markdown(r: &EvalResult, ratings: Option<&Ratings>) -> String {
         let _ = writeln!(s, "\n## Blind A/B ({} verdicts)\n", rt.battles);
         let _ = writeln!(s, "| model | Elo (BT) | 95 % | win rate | 95 % |\n|---|---|---|---|---|");
         for x in &rt.ratings {
-            let _ = writeln!(s, "| {} | {:.0} | [{:.0}, {:.0}] | {:.2} | [{:.2}, {:.2}] |", x.model, x.elo, x.lo, x.hi, x.win_rate, x.win_lo, x.win_hi);
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | [{:.0}, {:.0}] | {:.2} | [{:.2}, {:.2}] |",
+                x.model, x.elo, x.lo, x.hi, x.win_rate, x.win_lo, x.win_hi
+            );
         }
     }
     let _ = writeln!(s, "\n## Models\n");
@@ -74,7 +86,8 @@ fn svg_bars(title: &str, rows: &[(String, f64, f64, f64)]) -> String {
     let span = (max - min).max(1e-9);
     let scale = |v: f64| 160.0 + 360.0 * ((v - min) / span).clamp(0.0, 1.0);
     let h = 30 + rows.len() * 26;
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"{h}\" role=\"img\" aria-label=\"{}\">", esc(title));
+    let mut s =
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"{h}\" role=\"img\" aria-label=\"{}\">", esc(title));
     let _ = write!(s, "<text x=\"0\" y=\"16\" font-weight=\"bold\">{}</text>", esc(title));
     for (i, (label, mean, lo, hi)) in rows.iter().enumerate() {
         let y = 26 + i * 26;
@@ -101,24 +114,52 @@ fn svg_bars(title: &str, rows: &[(String, f64, f64, f64)]) -> String {
 
 pub fn html(r: &EvalResult, ratings: Option<&Ratings>) -> String {
     let mut s = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>");
-    let _ = write!(s, "Evaluation: {}</title><style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>", esc(&r.suite));
-    let _ = write!(s, "<h1>Evaluation: {}</h1><p>{} items · {} · <code>{}</code></p>", esc(&r.suite), r.items.len(), esc(&r.created_at), esc(&r.id));
+    let _ = write!(
+        s,
+        "Evaluation: {}</title><style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>",
+        esc(&r.suite)
+    );
+    let _ = write!(
+        s,
+        "<h1>Evaluation: {}</h1><p>{} items · {} · <code>{}</code></p>",
+        esc(&r.suite),
+        r.items.len(),
+        esc(&r.created_at),
+        esc(&r.id)
+    );
     for metric in &r.metrics {
-        let rows: Vec<(String, f64, f64, f64)> = r.summary.iter().filter_map(|m| m.metrics.get(metric).map(|x| (m.model.clone(), x.mean, x.lo, x.hi))).collect();
+        let rows: Vec<(String, f64, f64, f64)> =
+            r.summary.iter().filter_map(|m| m.metrics.get(metric).map(|x| (m.model.clone(), x.mean, x.lo, x.hi))).collect();
         s.push_str(&svg_bars(metric, &rows));
         let tags: std::collections::BTreeSet<&String> = r.summary.iter().flat_map(|m| m.by_tag.keys()).collect();
         if !tags.is_empty() {
             let rows: Vec<(String, f64, f64, f64)> = tags
                 .iter()
-                .flat_map(|t| r.summary.iter().filter_map(move |m| m.by_tag.get(*t).and_then(|x| x.get(metric)).map(|x| (format!("{t} · {}", m.model), x.mean, x.lo, x.hi))))
+                .flat_map(|t| {
+                    r.summary.iter().filter_map(move |m| {
+                        m.by_tag.get(*t).and_then(|x| x.get(metric)).map(|x| (format!("{t} · {}", m.model), x.mean, x.lo, x.hi))
+                    })
+                })
                 .collect();
             s.push_str(&svg_bars(&format!("{metric} by tag"), &rows));
         }
     }
     if let Some(rt) = ratings.filter(|r| r.battles > 0) {
-        let _ = write!(s, "<h2>Blind A/B ({} verdicts)</h2><table><tr><th>model</th><th>Elo</th><th>95 %</th><th>win rate</th></tr>", rt.battles);
+        let _ = write!(
+            s,
+            "<h2>Blind A/B ({} verdicts)</h2><table><tr><th>model</th><th>Elo</th><th>95 %</th><th>win rate</th></tr>",
+            rt.battles
+        );
         for x in &rt.ratings {
-            let _ = write!(s, "<tr><td>{}</td><td>{:.0}</td><td>{:.0}–{:.0}</td><td>{:.2}</td></tr>", esc(&x.model), x.elo, x.lo, x.hi, x.win_rate);
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{:.0}</td><td>{:.0}–{:.0}</td><td>{:.2}</td></tr>",
+                esc(&x.model),
+                x.elo,
+                x.lo,
+                x.hi,
+                x.win_rate
+            );
         }
         s.push_str("</table>");
     }

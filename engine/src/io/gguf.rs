@@ -176,9 +176,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            anyhow!("truncated: wanted {n} bytes at offset {} of {}", self.pos, self.buf.len())
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| anyhow!("truncated: wanted {n} bytes at offset {} of {}", self.pos, self.buf.len()))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -323,8 +325,7 @@ impl GgufFile {
     }
 
     pub fn architecture(&self) -> Result<&str> {
-        self.get_str("general.architecture")
-            .ok_or_else(|| anyhow!("{}: metadata has no general.architecture", self.path.display()))
+        self.get_str("general.architecture").ok_or_else(|| anyhow!("{}: metadata has no general.architecture", self.path.display()))
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
@@ -338,9 +339,7 @@ impl GgufFile {
 
     /// Dequantise one tensor to f32; returns (PyTorch-order shape, values).
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let t = self
-            .tensor_info(name)
-            .ok_or_else(|| anyhow!("{}: tensor {name:?} not found", self.path.display()))?;
+        let t = self.tensor_info(name).ok_or_else(|| anyhow!("{}: tensor {name:?} not found", self.path.display()))?;
         let mut out = vec![0f32; t.n_elements()];
         dequantize(t.ty, self.raw(t), &mut out)?;
         Ok((t.shape(), out))
@@ -356,13 +355,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     use rayon::prelude::*;
     // Work in chunks of many blocks so rayon overhead stays negligible.
     let blocks_per_chunk = (1 << 16) / be;
-    data.par_chunks(bb * blocks_per_chunk)
-        .zip(out.par_chunks_mut(be * blocks_per_chunk))
-        .for_each(|(d, o)| {
-            for (b, y) in d.chunks_exact(bb).zip(o.chunks_exact_mut(be)) {
-                dequant_block(ty, b, y);
-            }
-        });
+    data.par_chunks(bb * blocks_per_chunk).zip(out.par_chunks_mut(be * blocks_per_chunk)).for_each(|(d, o)| {
+        for (b, y) in d.chunks_exact(bb).zip(o.chunks_exact_mut(be)) {
+            dequant_block(ty, b, y);
+        }
+    });
     Ok(())
 }
 
@@ -465,11 +462,7 @@ fn dequant_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
 
 /// The 6-bit scale and min of sub-block `j` in a K-quant's packed 12-byte scale array.
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    }
+    if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) }
 }
 
 /// Undo llama.cpp's q/k row permutation (interleaved RoPE pairs → HF rotate-half halves).

@@ -1,6 +1,7 @@
 //! Reading and writing model files: HF folders (safetensors) and GGUF.
 
 pub mod gguf;
+pub mod hash;
 pub mod safetensors;
 
 use std::io::Write;
@@ -37,6 +38,21 @@ pub fn atomic_write_with(path: &Path, write: impl FnOnce(&mut std::fs::File) -> 
     tmp.as_file().sync_all().with_context(|| format!("{}: fsync failed", path.display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: rename failed", path.display()))?;
     Ok(())
+}
+
+/// Resolve a path written in a file: `~` is the home folder, and a relative path is taken
+/// relative to `base` (the folder of the file that names it).
+pub fn resolve_path(base: &Path, p: &Path) -> std::path::PathBuf {
+    let p = match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    };
+    if p.is_relative() { base.join(p) } else { p }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Pickle-based checkpoints can execute code when loaded; Whetstone never opens them.

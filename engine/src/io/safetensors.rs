@@ -31,20 +31,16 @@ impl SafetensorsFolder {
         if single.exists() {
             files.push((single.clone(), map_file(&single)?));
         } else if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("{}: cannot read", index_path.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                anyhow!("{}: invalid JSON at line {}, column {}: {e}", index_path.display(), e.line(), e.column())
-            })?;
+            let text = std::fs::read_to_string(&index_path).with_context(|| format!("{}: cannot read", index_path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{}: invalid JSON at line {}, column {}: {e}", index_path.display(), e.line(), e.column()))?;
             let wm = v
                 .get("weight_map")
                 .and_then(|w| w.as_object())
                 .ok_or_else(|| anyhow!("{}: missing object `weight_map`", index_path.display()))?;
             let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
             for (name, file) in wm {
-                let file = file
-                    .as_str()
-                    .ok_or_else(|| anyhow!("{}: weight_map[{name:?}] is not a file name", index_path.display()))?;
+                let file = file.as_str().ok_or_else(|| anyhow!("{}: weight_map[{name:?}] is not a file name", index_path.display()))?;
                 if file.contains('/') || file.contains('\\') || file.contains("..") {
                     bail!("{}: weight_map[{name:?}] = {file:?} points outside the folder", index_path.display());
                 }
@@ -64,8 +60,7 @@ impl SafetensorsFolder {
         }
         // Validate every file's header and index any tensors not named by an index.
         for (i, (path, map)) in files.iter().enumerate() {
-            let st = SafeTensors::deserialize(map)
-                .map_err(|e| anyhow!("{}: malformed safetensors: {e}", path.display()))?;
+            let st = SafeTensors::deserialize(map).map_err(|e| anyhow!("{}: malformed safetensors: {e}", path.display()))?;
             for name in st.names() {
                 index.entry(name.to_string()).or_insert(i);
             }
@@ -106,10 +101,7 @@ impl SafetensorsFolder {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
+            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
             other => bail!("{}: tensor {name:?} has dtype {other:?}; expected F32, F16 or BF16", path.display()),
         };
         Ok(HostTensor::new(view.shape().to_vec(), data))
@@ -144,7 +136,12 @@ impl SaveDtype {
 }
 
 /// Write tensors as one safetensors file, atomically.
-pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>, dtype: SaveDtype, metadata: Option<std::collections::HashMap<String, String>>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    dtype: SaveDtype,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let bytes: Vec<u8> = match dtype {

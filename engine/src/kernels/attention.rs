@@ -129,15 +129,28 @@ impl Backward<Flex, 1> for SoftmaxScores {
     }
 }
 
+/// The composite form of RoPE (any backend): `[B, H, T, Dh]` with rotate-half, x*cos + rotate_half(x)*sin.
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [_, _, _, dh] = x.dims();
+    let half = dh / 2;
+    let x1 = x.clone().slice_dim(3, 0..half);
+    let x2 = x.clone().slice_dim(3, half..dh);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
 /// Split heads and apply rotary embedding: `x` `[B, T, H, Dh]` → `[B, H, T, Dh]`, each head
 /// vector `x·cos + rotate_half(x)·sin`. `cos`/`sin`: `[B or 1, 1, T, Dh]`.
 pub fn rope_heads(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let Some([px, pc, ps]) = prims([&x, cos, sin]) else {
-        return crate::model::blocks::apply_rope(x.swap_dims(1, 2), cos, sin);
+        return apply_rope(x.swap_dims(1, 2), cos, sin);
     };
     let [b, t, h, dh] = x.dims();
     let cb = cos.dims()[0];
-    assert!(dh % 2 == 0 && cos.dims() == [cb, 1, t, dh] && sin.dims() == cos.dims() && (cb == 1 || cb == b), "rope_heads: tables do not fit");
+    assert!(
+        dh % 2 == 0 && cos.dims() == [cb, 1, t, dh] && sin.dims() == cos.dims() && (cb == 1 || cb == b),
+        "rope_heads: tables do not fit"
+    );
     drop(x);
     let xs = contiguous(px.flex());
     let (cs, sn) = (contiguous(pc.flex()), contiguous(ps.flex()));

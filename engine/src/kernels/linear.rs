@@ -85,7 +85,16 @@ pub fn matmul_last<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn finish<const D: usize>(px: Prim, pw: Prim, xs: FlexTensor, ws: FlexTensor, rows: usize, din: usize, dout: usize, dims: [usize; D]) -> Tensor<D> {
+fn finish<const D: usize>(
+    px: Prim,
+    pw: Prim,
+    xs: FlexTensor,
+    ws: FlexTensor,
+    rows: usize,
+    din: usize,
+    dout: usize,
+    dims: [usize; D],
+) -> Tensor<D> {
     let wv = view2(&ws).expect("2-D weight");
     let xv = View { offset: 0, rs: din as isize, cs: 1 };
     let y = gemm(rows, dout, din, (data(&xs), xv), (ws.storage::<f32>(), wv));

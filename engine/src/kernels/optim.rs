@@ -52,7 +52,12 @@ pub type AdamWInputs = (Tensor<1>, Tensor<1>, Option<(Tensor<1>, Tensor<1>)>);
 /// (`None` on the first step), in place where the buffers are not shared. Returns the new
 /// `(p, m, v)`, or the inputs back when they are not plain f32 flex tensors (the caller then
 /// runs the composite form).
-pub fn adamw_update(p: Tensor<1>, g: Tensor<1>, mv: Option<(Tensor<1>, Tensor<1>)>, h: AdamWStep) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>), AdamWInputs> {
+pub fn adamw_update(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    mv: Option<(Tensor<1>, Tensor<1>)>,
+    h: AdamWStep,
+) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>), AdamWInputs> {
     let n = p.dims()[0];
     let ok = is_flex_f32(&p) && is_flex_f32(&g) && mv.as_ref().is_none_or(|(m, v)| is_flex_f32(m) && is_flex_f32(v));
     if !ok || g.dims()[0] != n {
@@ -77,7 +82,11 @@ pub fn adamw_update(p: Tensor<1>, g: Tensor<1>, mv: Option<(Tensor<1>, Tensor<1>
         if n < PAR_MIN {
             run(0, pb, mb, vb);
         } else {
-            pb.par_chunks_mut(CHUNK).zip(mb.par_chunks_mut(CHUNK)).zip(vb.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((pc, mc), vc))| run(c, pc, mc, vc));
+            pb.par_chunks_mut(CHUNK)
+                .zip(mb.par_chunks_mut(CHUNK))
+                .zip(vb.par_chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(c, ((pc, mc), vc))| run(c, pc, mc, vc));
         }
     }
     Ok((Tensor::from_primitive::<Flex>(pt), Tensor::from_primitive::<Flex>(mt), Tensor::from_primitive::<Flex>(vt)))

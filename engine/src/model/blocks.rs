@@ -26,10 +26,7 @@ pub fn linear_from_host(w: &HostTensor, b: Option<&HostTensor>, device: &Device)
             }
         }
     }
-    Linear {
-        weight: Param::from_tensor(Tensor::from_data(TensorData::new(t, [inp, out]), device)),
-        bias: b.map(|b| param1(b, device)),
-    }
+    Linear { weight: Param::from_tensor(Tensor::from_data(TensorData::new(t, [inp, out]), device)), bias: b.map(|b| param1(b, device)) }
 }
 
 /// `x · W (+ b)` over the last dimension, through the fused GEMM kernel on flex.
@@ -164,20 +161,7 @@ pub fn rope_tables_at(inv_freq: &[f32], positions: &[Vec<usize>], device: &Devic
             }
         }
     }
-    (
-        Tensor::from_data(TensorData::new(cos, [b, 1, len, dim]), device),
-        Tensor::from_data(TensorData::new(sin, [b, 1, len, dim]), device),
-    )
-}
-
-/// Apply RoPE to `[B, H, T, Dh]` with rotate-half: x*cos + rotate_half(x)*sin.
-pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let [_, _, _, dh] = x.dims();
-    let half = dh / 2;
-    let x1 = x.clone().slice_dim(3, 0..half);
-    let x2 = x.clone().slice_dim(3, half..dh);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+    (Tensor::from_data(TensorData::new(cos, [b, 1, len, dim]), device), Tensor::from_data(TensorData::new(sin, [b, 1, len, dim]), device))
 }
 
 /// Keys and values of one layer for the positions seen so far: `[B, kv_heads, T, Dh]`.

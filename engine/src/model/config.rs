@@ -85,9 +85,7 @@ fn get<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
 
 fn req_usize(m: &Map<String, Value>, k: &str, file: &Path) -> Result<usize> {
     let v = get(m, k).ok_or_else(|| anyhow!("{}: missing field `{k}`", file.display()))?;
-    v.as_u64()
-        .map(|x| x as usize)
-        .ok_or_else(|| anyhow!("{}: field `{k}` should be a non-negative integer, found {v}", file.display()))
+    v.as_u64().map(|x| x as usize).ok_or_else(|| anyhow!("{}: field `{k}` should be a non-negative integer, found {v}", file.display()))
 }
 
 fn opt_usize(m: &Map<String, Value>, k: &str, file: &Path) -> Result<Option<usize>> {
@@ -103,20 +101,14 @@ fn opt_usize(m: &Map<String, Value>, k: &str, file: &Path) -> Result<Option<usiz
 fn opt_f64(m: &Map<String, Value>, k: &str, file: &Path) -> Result<Option<f64>> {
     match get(m, k) {
         None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| anyhow!("{}: field `{k}` should be a number, found {v}", file.display())),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| anyhow!("{}: field `{k}` should be a number, found {v}", file.display())),
     }
 }
 
 fn opt_bool(m: &Map<String, Value>, k: &str, file: &Path) -> Result<Option<bool>> {
     match get(m, k) {
         None => Ok(None),
-        Some(v) => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| anyhow!("{}: field `{k}` should be true or false, found {v}", file.display())),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| anyhow!("{}: field `{k}` should be true or false, found {v}", file.display())),
     }
 }
 
@@ -129,15 +121,9 @@ fn token_ids(v: Option<&Value>) -> Vec<u32> {
 }
 
 fn parse_rope_scaling(obj: &Map<String, Value>, file: &Path) -> Result<RopeScaling> {
-    let ty = obj
-        .get("rope_type")
-        .or_else(|| obj.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let ty = obj.get("rope_type").or_else(|| obj.get("type")).and_then(Value::as_str).unwrap_or("default");
     let f = |k: &str| -> Result<f64> {
-        obj.get(k)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| anyhow!("{}: rope scaling `{ty}` needs the number `{k}`", file.display()))
+        obj.get(k).and_then(Value::as_f64).ok_or_else(|| anyhow!("{}: rope scaling `{ty}` needs the number `{k}`", file.display()))
     };
     Ok(match ty {
         "default" => RopeScaling::Default,
@@ -148,10 +134,7 @@ fn parse_rope_scaling(obj: &Map<String, Value>, file: &Path) -> Result<RopeScali
             high_freq_factor: f("high_freq_factor")?,
             original_max_position_embeddings: f("original_max_position_embeddings")?,
         },
-        other => bail!(
-            "{}: rope scaling type `{other}` is not supported (supported: default, linear, llama3)",
-            file.display()
-        ),
+        other => bail!("{}: rope scaling type `{other}` is not supported (supported: default, linear, llama3)", file.display()),
     })
 }
 
@@ -159,9 +142,8 @@ impl ModelConfig {
     /// Parse an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
-            anyhow!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column())
-        })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}: invalid JSON at line {}, column {}: {e}", path.display(), e.line(), e.column()))?;
         Self::from_hf_value(&v, path)
     }
 
@@ -176,16 +158,9 @@ impl ModelConfig {
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
             "gpt2" => Arch::Gpt2,
-            other => bail!(
-                "{}: model_type `{other}` is not supported (supported: llama, mistral, qwen2, qwen3, gpt2)",
-                file.display()
-            ),
+            other => bail!("{}: model_type `{other}` is not supported (supported: llama, mistral, qwen2, qwen3, gpt2)", file.display()),
         };
-        let source_dtype = get(m, "torch_dtype")
-            .or_else(|| get(m, "dtype"))
-            .and_then(Value::as_str)
-            .unwrap_or("float32")
-            .to_string();
+        let source_dtype = get(m, "torch_dtype").or_else(|| get(m, "dtype")).and_then(Value::as_str).unwrap_or("float32").to_string();
         let bos_token_id = get(m, "bos_token_id").and_then(Value::as_u64).map(|x| x as u32);
         let eos_token_ids = token_ids(get(m, "eos_token_id"));
         let pad_token_id = get(m, "pad_token_id").and_then(Value::as_u64).map(|x| x as u32);
@@ -237,12 +212,8 @@ impl ModelConfig {
         let head_dim = opt_usize(m, "head_dim", file)?.unwrap_or(hidden / heads);
         // Two conventions: transformers >= 5 nests theta and scaling in `rope_parameters`.
         let (rope_theta, rope_scaling) = if let Some(rp) = get(m, "rope_parameters") {
-            let rp = rp
-                .as_object()
-                .ok_or_else(|| anyhow!("{}: `rope_parameters` should be an object", file.display()))?;
-            let theta = opt_f64(rp, "rope_theta", file)?
-                .or(opt_f64(m, "rope_theta", file)?)
-                .unwrap_or(10000.0);
+            let rp = rp.as_object().ok_or_else(|| anyhow!("{}: `rope_parameters` should be an object", file.display()))?;
+            let theta = opt_f64(rp, "rope_theta", file)?.or(opt_f64(m, "rope_theta", file)?).unwrap_or(10000.0);
             (theta, parse_rope_scaling(rp, file)?)
         } else {
             let theta = opt_f64(m, "rope_theta", file)?.unwrap_or(10000.0);
@@ -254,10 +225,7 @@ impl ModelConfig {
             (theta, scaling)
         };
         if arch == Arch::Llama && model_type == "mistral" {
-            if let (Some(w), Some(ctx)) = (
-                opt_usize(m, "sliding_window", file)?,
-                opt_usize(m, "max_position_embeddings", file)?,
-            ) {
+            if let (Some(w), Some(ctx)) = (opt_usize(m, "sliding_window", file)?, opt_usize(m, "max_position_embeddings", file)?) {
                 if w < ctx {
                     // Whetstone runs full attention; exact only up to the window length.
                     eprintln!(
@@ -311,16 +279,11 @@ impl ModelConfig {
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let arch_name = g.architecture()?.to_string();
         if arch_name != "llama" {
-            bail!(
-                "{}: GGUF architecture `{arch_name}` is not supported (supported: llama)",
-                g.path.display()
-            );
+            bail!("{}: GGUF architecture `{arch_name}` is not supported (supported: llama)", g.path.display());
         }
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize> {
-            g.get_u64(&key(k))
-                .map(|x| x as usize)
-                .ok_or_else(|| anyhow!("{}: metadata `{}` missing", g.path.display(), key(k)))
+            g.get_u64(&key(k)).map(|x| x as usize).ok_or_else(|| anyhow!("{}: metadata `{}` missing", g.path.display(), key(k)))
         };
         let hidden = req("embedding_length")?;
         let heads = req("attention.head_count")?;
@@ -328,10 +291,7 @@ impl ModelConfig {
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
             bail!("{}: head_count {heads} / head_count_kv {kv_heads} are inconsistent", g.path.display());
         }
-        let head_dim = g
-            .get_u64(&key("attention.key_length"))
-            .map(|x| x as usize)
-            .unwrap_or(hidden / heads);
+        let head_dim = g.get_u64(&key("attention.key_length")).map(|x| x as usize).unwrap_or(hidden / heads);
         let vocab_size = match g.get_u64(&key("vocab_size")) {
             Some(v) => v as usize,
             None => g
@@ -342,16 +302,11 @@ impl ModelConfig {
         };
         let rope_scaling = match g.get_str(&key("rope.scaling.type")) {
             None | Some("none") => RopeScaling::Default,
-            Some("linear") => RopeScaling::Linear {
-                factor: g.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0),
-            },
+            Some("linear") => RopeScaling::Linear { factor: g.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0) },
             Some(other) => bail!("{}: rope scaling `{other}` is not supported", g.path.display()),
         };
         let tok = |k: &str| g.get_u64(&format!("tokenizer.ggml.{k}")).map(|x| x as u32);
-        let source_dtype = g
-            .tensor_info("blk.0.attn_q.weight")
-            .map(|t| t.ty.name().to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let source_dtype = g.tensor_info("blk.0.attn_q.weight").map(|t| t.ty.name().to_string()).unwrap_or_else(|| "unknown".into());
         Ok(Self {
             arch: Arch::Llama,
             model_type: "llama".into(),

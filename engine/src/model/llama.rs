@@ -131,11 +131,7 @@ pub fn from_gguf(cfg: &ModelConfig, g: &GgufFile) -> Result<ModelWeights> {
             down: (get(&format!("{p}.ffn_down.weight"), &[h, i])?, None),
         });
     }
-    let lm_head = if g.tensor_info("output.weight").is_some() {
-        Some(get("output.weight", &[cfg.vocab_size, h])?)
-    } else {
-        None
-    };
+    let lm_head = if g.tensor_info("output.weight").is_some() { Some(get("output.weight", &[cfg.vocab_size, h])?) } else { None };
     Ok(ModelWeights {
         embed: get("token_embd.weight", &[cfg.vocab_size, h])?,
         pos_embed: None,

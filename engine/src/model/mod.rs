@@ -1,13 +1,17 @@
 //! Language models: one `ModelConfig`, shared blocks, one file per architecture, and
 //! [`LoadedModel`], which ties a model to its tokenizer and knows where it came from.
 
+pub mod batch;
 pub mod blocks;
 pub mod config;
 pub mod gpt2;
 pub mod llama;
 pub mod lora;
+pub mod memory;
+pub mod params;
 pub mod qwen2;
 pub mod qwen3;
+pub mod reward;
 pub mod transformer;
 
 use std::collections::BTreeMap;
@@ -113,8 +117,7 @@ fn classify(path: &Path) -> Result<(SourceFormat, PathBuf)> {
         bail!("{}: model not found (expected an HF folder or a .gguf file)", path.display());
     }
     if path.is_dir() {
-        let has_safetensors =
-            path.join("model.safetensors").exists() || path.join("model.safetensors.index.json").exists();
+        let has_safetensors = path.join("model.safetensors").exists() || path.join("model.safetensors.index.json").exists();
         if !has_safetensors {
             for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth"] {
                 if path.join(pickle).exists() {

@@ -29,7 +29,7 @@ fn special_token(v: Option<&Value>) -> Option<String> {
 }
 
 impl Tokenizer {
-    /// The tokenizer of a model: an HF folder, a GGUF file, or a run folder (its base model).
+    /// The tokenizer of a model: an HF folder or a GGUF file (`runs::tokenizer` also takes a run).
     pub fn load(path: &Path) -> Result<Self> {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             return Self::from_gguf(&GgufFile::open(path)?);
@@ -37,11 +37,7 @@ impl Tokenizer {
         if path.join("tokenizer.json").exists() {
             return Self::from_hf_dir(path);
         }
-        if path.join("job.toml").exists() {
-            let job = crate::train::job::JobSpec::from_file(&path.join("job.toml"))?;
-            return Self::load(&job.model);
-        }
-        bail!("{}: no tokenizer here (expected an HF folder with tokenizer.json, a .gguf file or a run folder)", path.display())
+        bail!("{}: no tokenizer here (expected an HF folder with tokenizer.json or a .gguf file)", path.display())
     }
 
     /// Load `tokenizer.json`, `tokenizer_config.json` and the chat template from an HF folder.
@@ -58,9 +54,8 @@ impl Tokenizer {
         let tc_path = dir.join("tokenizer_config.json");
         let tc: Value = if tc_path.exists() {
             let text = std::fs::read_to_string(&tc_path).with_context(|| format!("{}: cannot read", tc_path.display()))?;
-            serde_json::from_str(&text).map_err(|e| {
-                anyhow!("{}: invalid JSON at line {}, column {}: {e}", tc_path.display(), e.line(), e.column())
-            })?
+            serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{}: invalid JSON at line {}, column {}: {e}", tc_path.display(), e.line(), e.column()))?
         } else {
             json!({})
         };
@@ -128,12 +123,9 @@ impl Tokenizer {
             }
         }
         let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let byte_level = |use_regex: bool| {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-        };
-        let split = |re: &str| {
-            json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
-        };
+        let byte_level =
+            |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
         let pre_tokenizer = match pre {
             "default" | "gpt2" | "gpt-2" | "starcoder" | "refact" => byte_level(true),
             "smollm" | "deepseek-coder" => json!({"type": "Sequence", "pretokenizers": [
@@ -161,9 +153,7 @@ impl Tokenizer {
         });
         let inner = tokenizers::Tokenizer::from_bytes(tj.to_string().as_bytes())
             .map_err(|e| anyhow!("{p}: cannot build tokenizer from metadata: {e}"))?;
-        let name = |key: &str| {
-            g.get_u64(key).and_then(|id| tokens.get(id as usize)).cloned()
-        };
+        let name = |key: &str| g.get_u64(key).and_then(|id| tokens.get(id as usize)).cloned();
         let bos_token = name("tokenizer.ggml.bos_token_id");
         let eos_token = name("tokenizer.ggml.eos_token_id");
         let pad_token = name("tokenizer.ggml.padding_token_id");

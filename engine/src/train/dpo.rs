@@ -1,47 +1,37 @@
 //! Direct Preference Optimisation (Rafailov et al. 2023): raise the policy's log-ratio of the
 //! chosen over the rejected response relative to a frozen reference. Reference log-probs are
-//! computed once per example. Metrics carry TRL's names.
+//! computed once per sequence (alone, so the value does not depend on its batch) and cached.
+//! Metrics carry TRL's names.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Result, ensure};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::losses::{DpoVariant, dpo_loss};
-use super::optim::{AdamW, AdamWConfig, backward_step};
-use super::sft::{Batch, Encoded, make_batch};
+use super::method::{Setup, StepOut, Trainer, count_trainable, mean, params, restore_optim, save_optim, share};
+use super::optim::{Accum, AdamW, StepLr};
+use crate::data::records::preference_examples;
 use crate::model::Transformer;
+use crate::model::batch::{make_batch, sequence_logps};
+use crate::model::params::set_named_params;
+use crate::runs::{Checkpoint, EvalRecord};
+use crate::text::sft::{Encoded, SftExample, encode};
 
-/// Log-probability of every next token, `[B, T]` (pad positions included; mask with weights).
-pub fn token_logps(model: &Transformer, batch: &Batch) -> Tensor<2> {
-    let logits = model.forward(batch.inputs.clone(), None);
-    crate::kernels::cross_entropy::token_logprobs(logits, &batch.targets).0
+/// `[dpo]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoConfig {
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub variant: DpoVariant,
 }
 
-/// Summed log-probability of each row's target tokens, `[B]`.
-pub fn sequence_logps(model: &Transformer, batch: &Batch) -> Tensor<1> {
-    let tok = token_logps(model, batch);
-    let [b, _] = tok.dims();
-    (tok * batch.weights.clone()).sum_dim(1).reshape([b])
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DpoMetrics {
-    pub loss: f64,
-    #[serde(rename = "rewards/chosen")]
-    pub rewards_chosen: f64,
-    #[serde(rename = "rewards/rejected")]
-    pub rewards_rejected: f64,
-    #[serde(rename = "rewards/margins")]
-    pub rewards_margins: f64,
-    #[serde(rename = "rewards/accuracies")]
-    pub rewards_accuracies: f64,
-    #[serde(rename = "logps/chosen")]
-    pub logps_chosen: f64,
-    #[serde(rename = "logps/rejected")]
-    pub logps_rejected: f64,
-    pub grad_norm: f64,
+impl Default for DpoConfig {
+    fn default() -> Self {
+        Self { beta: 0.1, label_smoothing: 0.0, variant: DpoVariant::Sigmoid }
+    }
 }
 
 /// One preference pair, encoded (targets = response tokens).
@@ -56,35 +46,67 @@ pub struct DpoTrainer {
     /// Frozen reference (a plain-device copy of the starting policy).
     pub reference: Transformer,
     pub optim: AdamW,
-    pub beta: f64,
-    pub label_smoothing: f64,
-    pub variant: DpoVariant,
+    pub cfg: DpoConfig,
     pub max_grad_norm: Option<f64>,
+    pub pairs: Vec<EncodedPair>,
+    pub pad: u32,
     ref_cache: HashMap<Vec<u32>, f32>,
 }
 
+/// Per-pair values of a batch: DPO rewards and policy log-probs.
+#[derive(Default)]
+struct PairStats {
+    rc: Vec<f32>,
+    rr: Vec<f32>,
+    pc: Vec<f32>,
+    pr: Vec<f32>,
+}
+
+impl PairStats {
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        let margins: Vec<f32> = self.rc.iter().zip(&self.rr).map(|(a, b)| a - b).collect();
+        BTreeMap::from([
+            ("rewards/chosen".into(), mean(&self.rc)),
+            ("rewards/rejected".into(), mean(&self.rr)),
+            ("rewards/margins".into(), mean(&margins)),
+            ("rewards/accuracies".into(), margins.iter().filter(|&&m| m > 0.0).count() as f64 / margins.len().max(1) as f64),
+            ("logps/chosen".into(), mean(&self.pc)),
+            ("logps/rejected".into(), mean(&self.pr)),
+        ])
+    }
+}
+
+fn host(t: Tensor<1>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().expect("float tensor")
+}
+
 impl DpoTrainer {
-    pub fn new(policy: Transformer, adamw: AdamWConfig, beta: f64) -> Self {
+    pub fn new(policy: Transformer, optim: AdamW, cfg: DpoConfig, max_grad_norm: Option<f64>, pairs: Vec<EncodedPair>, pad: u32) -> Self {
         let reference = policy.without_autodiff();
-        Self {
-            policy,
-            reference,
-            optim: AdamW::new(adamw),
-            beta,
-            label_smoothing: 0.0,
-            variant: DpoVariant::Sigmoid,
-            max_grad_norm: Some(1.0),
-            ref_cache: HashMap::new(),
-        }
+        Self { policy, reference, optim, cfg, max_grad_norm, pairs, pad, ref_cache: HashMap::new() }
     }
 
-    /// Reference log-probs of sequences, computed once each (one sequence at a time, so the
-    /// value does not depend on what it was batched with) and cached.
-    fn reference_logps(&mut self, seqs: &[&Encoded], pad: u32) -> Vec<f32> {
+    pub fn build(s: Setup) -> Result<Self> {
+        let tok = &s.base.tokenizer;
+        let max = s.spec.train.max_seq_len;
+        let pairs = preference_examples(&s.data.records, &s.data.roles, s.file())?
+            .iter()
+            .map(|(p, c, r)| {
+                Ok(EncodedPair {
+                    chosen: encode(tok, &SftExample::from_pair(None, p, c), max, false, s.eos)?,
+                    rejected: encode(tok, &SftExample::from_pair(None, p, r), max, false, s.eos)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::new(s.policy.clone(), s.adamw(), s.spec.dpo.clone().unwrap_or_default(), s.clip(), pairs, s.pad))
+    }
+
+    /// Reference log-probs of sequences, computed once each and cached.
+    fn reference_logps(&mut self, seqs: &[&Encoded]) -> Vec<f32> {
         let device = self.reference.device();
         for e in seqs {
             if !self.ref_cache.contains_key(&e.ids) {
-                let b = make_batch(&[*e], pad, &device);
+                let b = make_batch(&[*e], self.pad, &device);
                 let v = sequence_logps(&self.reference, &b).into_scalar::<f32>();
                 self.ref_cache.insert(e.ids.clone(), v);
             }
@@ -92,64 +114,70 @@ impl DpoTrainer {
         seqs.iter().map(|e| self.ref_cache[&e.ids]).collect()
     }
 
-    /// DPO metrics on held-out pairs, without training.
-    pub fn evaluate(&mut self, pairs: &[EncodedPair], pad: u32) -> Result<DpoMetrics> {
-        ensure!(!pairs.is_empty(), "no preference pairs to evaluate");
-        let n = pairs.len();
+    /// The DPO loss of pairs `idx` under `policy` (mean over them), with their stats.
+    fn loss(&mut self, policy: &Transformer, idx: &[usize], stats: &mut PairStats) -> Tensor<1> {
+        let n = idx.len();
+        let pairs: Vec<EncodedPair> = idx.iter().map(|&i| self.pairs[i].clone()).collect();
         let seqs: Vec<&Encoded> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
-        let refs = self.reference_logps(&seqs, pad);
-        let policy = self.policy.without_autodiff();
+        let refs = self.reference_logps(&seqs);
         let device = policy.device();
-        let logps = sequence_logps(&policy, &make_batch(&seqs, pad, &device));
-        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &device);
-        let (loss, rw_c, rw_r) = dpo_loss(
-            logps.clone().slice_dim(0, 0..n),
-            logps.clone().slice_dim(0, n..2 * n),
-            t(&refs[..n]),
-            t(&refs[n..]),
-            self.beta,
-            self.label_smoothing,
-            self.variant,
-        );
-        let lp = logps.try_into_vec_as::<f32>().expect("float");
-        Ok(Self::metrics(loss.into_scalar::<f32>() as f64, &rw_c.try_into_vec_as::<f32>().expect("float"), &rw_r.try_into_vec_as::<f32>().expect("float"), &lp[..n], &lp[n..], 0.0))
+        let logps = sequence_logps(policy, &make_batch(&seqs, self.pad, &device));
+        let (pc, pr) = (logps.clone().slice_dim(0, 0..n), logps.slice_dim(0, n..2 * n));
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
+        let (loss, rw_c, rw_r) =
+            dpo_loss(pc.clone(), pr.clone(), t(&refs[..n]), t(&refs[n..]), self.cfg.beta, self.cfg.label_smoothing, self.cfg.variant);
+        stats.rc.extend(host(rw_c));
+        stats.rr.extend(host(rw_r));
+        stats.pc.extend(host(pc.detach()));
+        stats.pr.extend(host(pr.detach()));
+        loss
+    }
+}
+
+impl Trainer for DpoTrainer {
+    fn len(&self) -> usize {
+        self.pairs.len()
     }
 
-    fn metrics(loss: f64, rc: &[f32], rr: &[f32], pc: &[f32], pr: &[f32], grad_norm: f64) -> DpoMetrics {
-        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
-        let margins: Vec<f32> = rc.iter().zip(rr).map(|(a, b)| a - b).collect();
-        DpoMetrics {
-            loss,
-            rewards_chosen: mean(rc),
-            rewards_rejected: mean(rr),
-            rewards_margins: mean(&margins),
-            rewards_accuracies: margins.iter().filter(|&&m| m > 0.0).count() as f64 / rc.len() as f64,
-            logps_chosen: mean(pc),
-            logps_rejected: mean(pr),
-            grad_norm,
+    fn step(&mut self, micro: &[Vec<usize>], lr: StepLr) -> Result<StepOut> {
+        let total: usize = micro.iter().map(|m| m.len()).sum();
+        ensure!(total > 0, "no preference pairs in this step");
+        let (mut acc, mut stats, mut loss, mut tokens) = (Accum::new(), PairStats::default(), 0.0, 0);
+        let policy = self.policy.clone();
+        for m in micro {
+            let l = self.loss(&policy, m, &mut stats) * share(m.len(), total);
+            loss += l.clone().into_scalar::<f32>() as f64;
+            acc.backward(&policy, l);
+            tokens += m.iter().map(|&i| self.pairs[i].chosen.ids.len() + self.pairs[i].rejected.ids.len()).sum::<usize>();
         }
+        let (policy, grad_norm) = acc.apply(policy, &mut self.optim, lr.lr, self.max_grad_norm);
+        self.policy = policy;
+        Ok(StepOut { loss, grad_norm, tokens, token_accuracy: None, metrics: stats.metrics() })
     }
 
-    pub fn step(&mut self, pairs: &[EncodedPair], pad: u32, lr: f64) -> Result<DpoMetrics> {
-        ensure!(!pairs.is_empty(), "no preference pairs in this step");
-        let n = pairs.len();
-        let seqs: Vec<&Encoded> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
-        let refs = self.reference_logps(&seqs, pad);
-        let device = self.policy.device();
-        let batch = make_batch(&seqs, pad, &device);
-        let logps = sequence_logps(&self.policy, &batch);
-        let pc = logps.clone().slice_dim(0, 0..n);
-        let pr = logps.slice_dim(0, n..2 * n);
-        let rc = Tensor::<1>::from_data(TensorData::new(refs[..n].to_vec(), [n]), &device);
-        let rr = Tensor::<1>::from_data(TensorData::new(refs[n..].to_vec(), [n]), &device);
-        let (loss, rw_c, rw_r) = dpo_loss(pc.clone(), pr.clone(), rc, rr, self.beta, self.label_smoothing, self.variant);
-        let loss_v = loss.clone().into_scalar::<f32>() as f64;
-        let (policy, grad_norm) = backward_step(self.policy.clone(), loss, &mut self.optim, lr, self.max_grad_norm);
-        self.policy = policy;
-        let rc = rw_c.try_into_vec_as::<f32>().expect("float");
-        let rr = rw_r.try_into_vec_as::<f32>().expect("float");
-        let pcv = pc.detach().try_into_vec_as::<f32>().expect("float");
-        let prv = pr.detach().try_into_vec_as::<f32>().expect("float");
-        Ok(Self::metrics(loss_v, &rc, &rr, &pcv, &prv, grad_norm))
+    fn evaluate(&mut self, idx: &[usize], _batch_size: usize, step: usize) -> Result<Option<EvalRecord>> {
+        ensure!(!idx.is_empty(), "no preference pairs to evaluate");
+        let policy = self.policy.without_autodiff();
+        let mut stats = PairStats::default();
+        let loss = self.loss(&policy, idx, &mut stats).into_scalar::<f32>() as f64;
+        Ok(Some(EvalRecord { step, eval_loss: loss, perplexity: None, token_accuracy: None, metrics: stats.metrics() }))
+    }
+
+    fn save(&self, ck: &mut Checkpoint) {
+        ck.tensors.insert("trainable".into(), params(&self.policy, true));
+        save_optim(ck, "optimizer", &self.optim);
+    }
+
+    fn restore(&mut self, ck: &Checkpoint, device: &Device) -> Result<()> {
+        self.policy = set_named_params(self.policy.clone(), ck.group("trainable")?)?;
+        restore_optim(ck, "optimizer", &mut self.optim, device)
+    }
+
+    fn language_model(&self) -> Option<Transformer> {
+        Some(self.policy.without_autodiff())
+    }
+
+    fn trainable_params(&self) -> usize {
+        count_trainable(&self.policy)
     }
 }

@@ -1,23 +1,31 @@
 //! Group Relative Policy Optimisation (Shao et al., DeepSeekMath 2024): for each prompt sample G
-//! completions, score them with rule rewards, standardise the rewards within the group, and
-//! push up the log-probability of above-average completions; optional KL to the frozen
-//! reference (k3 estimator, β default 0). One policy update per rollout, so the importance ratio
-//! is exp(logπ − sg(logπ)) = 1 with the policy-gradient derivative, inside the clipped
-//! surrogate of the paper.
+//! completions, score them with rule rewards (and optionally a reward-model run), standardise the
+//! rewards within the group, and push up the log-probability of above-average completions;
+//! optional KL to the frozen reference (k3 estimator, β default 0). One policy update per
+//! rollout, so the importance ratio is exp(logπ − sg(logπ)) = 1 with the policy-gradient
+//! derivative, inside the clipped surrogate of the paper.
 
-use anyhow::{Result, ensure};
-use burn::tensor::{Tensor, TensorData};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail, ensure};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::dpo::token_logps;
 use super::losses::group_advantages;
-use super::optim::{AdamW, AdamWConfig, backward_step};
+use super::method::{Setup, StepOut, Trainer, count_trainable, params, restore_optim, save_optim, share};
+use super::optim::{Accum, AdamW, StepLr};
 use super::rewards::{WeightedRule, combined_reward};
-use super::sft::{Encoded, make_batch};
-use crate::generate::{GenerateOptions, sample};
-use crate::model::{KvCache, Transformer, ids_tensor};
+use crate::data::records::prompt_examples;
+use crate::generate::{GenerateOptions, sample_completion};
+use crate::model::Transformer;
+use crate::model::batch::{make_batch, token_logps};
+use crate::model::params::set_named_params;
+use crate::runs::Checkpoint;
+use crate::runs::reward::RewardScorer;
+use crate::text::sft::Encoded;
 use crate::text::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,8 +40,8 @@ pub struct GrpoConfig {
     /// Clip range ε of the surrogate objective.
     pub clip: f64,
     pub rules: Vec<WeightedRule>,
-    /// Jobs: a reward-model run whose score (times `reward_model_weight`) is added to the rules.
-    pub reward_model: Option<std::path::PathBuf>,
+    /// A reward-model run whose score (times `reward_model_weight`) is added to the rules.
+    pub reward_model: Option<PathBuf>,
     pub reward_model_weight: f64,
 }
 
@@ -53,21 +61,38 @@ impl Default for GrpoConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct GrpoMetrics {
-    pub loss: f64,
-    pub reward_mean: f64,
-    pub reward_std: f64,
-    pub kl: f64,
-    pub completion_length: f64,
-    pub grad_norm: f64,
+impl GrpoConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.rules.is_empty() && self.reward_model.is_none() {
+            bail!("method `grpo` needs [[grpo.rules]] entries or [grpo] reward_model = \"runs/<reward run>\"");
+        }
+        if self.group_size < 2 {
+            bail!("grpo.group_size must be at least 2 (advantages compare answers within a group)");
+        }
+        if let Some(r) = &self.reward_model {
+            if !r.join("job.toml").exists() {
+                bail!("reward model run not found: {}", r.display());
+            }
+        }
+        for r in &self.rules {
+            r.rule.validate()?;
+        }
+        Ok(())
+    }
 }
 
-/// A prompt (already templated and tokenised) and its reference answer for the rules.
+/// A prompt (as text, and templated and tokenised) and its reference answer for the rules.
 #[derive(Debug, Clone)]
 pub struct GrpoPrompt {
+    pub text: String,
     pub ids: Vec<u32>,
     pub reference: Option<String>,
+}
+
+/// Prompts as a model is asked them: through its chat template with the generation prompt, or
+/// as `prompt\n` without one.
+pub fn rl_prompts(tok: &Tokenizer, rows: Vec<(String, Option<String>)>) -> Result<Vec<GrpoPrompt>> {
+    rows.into_iter().map(|(text, reference)| Ok(GrpoPrompt { ids: tok.prompt_ids(&text)?, text, reference })).collect()
 }
 
 pub struct GrpoTrainer {
@@ -76,58 +101,71 @@ pub struct GrpoTrainer {
     pub optim: AdamW,
     pub cfg: GrpoConfig,
     pub max_grad_norm: Option<f64>,
+    pub prompts: Vec<GrpoPrompt>,
+    pub tokenizer: Tokenizer,
+    pub scorer: Option<RewardScorer>,
+    pub stop_ids: Vec<u32>,
+    pub pad: u32,
+    pub max_context: usize,
     rng: ChaCha8Rng,
 }
 
-/// Sample one completion with a KV cache; stops at an EOS id (which is kept) or the limit.
-pub fn sample_completion(model: &Transformer, prompt: &[u32], eos: &[u32], opts: &GenerateOptions, rng: &mut ChaCha8Rng) -> Vec<u32> {
-    let device = model.device();
-    let mut cache = KvCache::default();
-    let mut input = prompt.to_vec();
-    let mut history = prompt.to_vec();
-    let mut out = Vec::new();
-    while out.len() < opts.max_new_tokens {
-        let h = model.forward_hidden(ids_tensor(&input, &device), Some(&mut cache));
-        let t = h.dims()[1];
-        let mut row = model.logits(h.slice_dim(1, t - 1..t)).try_into_vec_as::<f32>().expect("float");
-        let id = sample(&mut row, &history, opts, rng);
-        out.push(id);
-        history.push(id);
-        if eos.contains(&id) {
-            break;
-        }
-        input = vec![id];
-    }
-    out
-}
-
 impl GrpoTrainer {
-    /// Restart the sampling generator (jobs reseed per step, so a resumed run samples the same).
-    pub fn reseed(&mut self, seed: u64) {
-        self.rng = ChaCha8Rng::seed_from_u64(seed);
-    }
-
-    pub fn new(policy: Transformer, adamw: AdamWConfig, cfg: GrpoConfig, seed: u64) -> Self {
-        let reference = policy.without_autodiff();
-        Self { policy, reference, optim: AdamW::new(adamw), cfg, max_grad_norm: Some(1.0), rng: ChaCha8Rng::seed_from_u64(seed) }
-    }
-
-    pub fn step(&mut self, tok: &Tokenizer, prompts: &[GrpoPrompt], eos: &[u32], pad: u32, lr: f64) -> Result<GrpoMetrics> {
-        self.step_with(tok, prompts, eos, pad, lr, &mut |_, _| Ok(0.0))
-    }
-
-    /// A step whose reward is the rules plus `extra(prompt ids, completion ids)` (e.g. a reward
-    /// model's score).
-    pub fn step_with(
-        &mut self,
-        tok: &Tokenizer,
-        prompts: &[GrpoPrompt],
-        eos: &[u32],
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy: Transformer,
+        optim: AdamW,
+        cfg: GrpoConfig,
+        max_grad_norm: Option<f64>,
+        prompts: Vec<GrpoPrompt>,
+        tokenizer: Tokenizer,
+        stop_ids: Vec<u32>,
         pad: u32,
-        lr: f64,
-        extra: &mut dyn FnMut(&[u32], &[u32]) -> Result<f64>,
-    ) -> Result<GrpoMetrics> {
-        ensure!(!prompts.is_empty() && self.cfg.group_size >= 2, "GRPO needs prompts and a group size of at least 2");
+        seed: u64,
+    ) -> Self {
+        let reference = policy.without_autodiff();
+        Self {
+            policy,
+            reference,
+            optim,
+            cfg,
+            max_grad_norm,
+            prompts,
+            tokenizer,
+            scorer: None,
+            stop_ids,
+            pad,
+            max_context: usize::MAX,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn build(s: Setup) -> Result<Self> {
+        let cfg = s.spec.grpo.clone().unwrap_or_default();
+        let prompts = rl_prompts(&s.base.tokenizer, prompt_examples(&s.data.records, &s.data.roles, s.file())?)?;
+        let scorer = match &cfg.reward_model {
+            Some(dir) => Some(RewardScorer::load(dir, &s.device)?),
+            None => None,
+        };
+        let mut t = Self::new(
+            s.policy.clone(),
+            s.adamw(),
+            cfg,
+            s.clip(),
+            prompts,
+            s.base.tokenizer.clone(),
+            s.stop_ids.clone(),
+            s.pad,
+            s.spec.seed,
+        );
+        t.scorer = scorer;
+        t.max_context = s.base.config.max_position_embeddings;
+        Ok(t)
+    }
+
+    /// G completions for each prompt in `idx` (with the policy as it is), their rewards and
+    /// their group-standardised advantages.
+    fn rollout(&mut self, idx: &[usize], actor: &Transformer) -> Result<(Vec<Encoded>, Vec<f32>, Vec<f32>, usize)> {
         let g = self.cfg.group_size;
         let opts = GenerateOptions {
             max_new_tokens: self.cfg.max_new_tokens,
@@ -135,18 +173,18 @@ impl GrpoTrainer {
             top_p: self.cfg.top_p,
             ..Default::default()
         };
-        // Rollouts with a plain-device copy of the policy.
-        let actor = self.policy.without_autodiff();
-        let mut seqs = Vec::new();
-        let mut advantages = Vec::new();
-        let mut all_rewards = Vec::new();
-        let mut lengths = 0usize;
-        for p in prompts {
+        let (mut seqs, mut advantages, mut rewards_all, mut lengths) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for &i in idx {
+            let p = &self.prompts[i];
             let mut rewards = Vec::with_capacity(g);
             for _ in 0..g {
-                let c = sample_completion(&actor, &p.ids, eos, &opts, &mut self.rng);
-                let text = tok.decode(&c, true)?;
-                rewards.push((combined_reward(&self.cfg.rules, &text, p.reference.as_deref()) + extra(&p.ids, &c)?) as f32);
+                let c = sample_completion(actor, &p.ids, &self.stop_ids, &opts, self.max_context, &mut self.rng)?;
+                let text = self.tokenizer.decode(&c, true)?;
+                let mut r = combined_reward(&self.cfg.rules, &text, p.reference.as_deref());
+                if let Some(s) = &self.scorer {
+                    r += self.cfg.reward_model_weight * s.score(&p.text, &text)?;
+                }
+                rewards.push(r as f32);
                 lengths += c.len();
                 let mut ids = p.ids.clone();
                 let mut target = vec![false; ids.len()];
@@ -155,39 +193,91 @@ impl GrpoTrainer {
                 seqs.push(Encoded { ids, target });
             }
             advantages.extend(group_advantages(&rewards, 1e-4));
-            all_rewards.extend(rewards);
+            rewards_all.extend(rewards);
         }
+        Ok((seqs, advantages, rewards_all, lengths))
+    }
+}
+
+impl Trainer for GrpoTrainer {
+    fn len(&self) -> usize {
+        self.prompts.len()
+    }
+
+    fn step(&mut self, micro: &[Vec<usize>], lr: StepLr) -> Result<StepOut> {
+        let total_seqs = micro.iter().map(|m| m.len()).sum::<usize>() * self.cfg.group_size;
+        ensure!(total_seqs > 0, "GRPO needs prompts");
+        // Rollouts with a plain-device copy of the policy, which is the same for every
+        // micro-batch (the update comes after all of them).
+        let actor = self.policy.without_autodiff();
         let device = self.policy.device();
-        let refs: Vec<&Encoded> = seqs.iter().collect();
-        let batch = make_batch(&refs, pad, &device);
-        let [b, _] = batch.inputs.dims();
-        let logp = token_logps(&self.policy, &batch);
-        let w = batch.weights.clone();
-        let adv = Tensor::<2>::from_data(TensorData::new(advantages.clone(), [b, 1]), &device);
-        // Clipped surrogate, max(−A·r, −A·clip(r, 1−ε, 1+ε)), with r = π/π_old and π_old the
-        // rollout policy (one update per rollout, so r = 1 in value, ∇r = ∇log π).
-        let ratio = (logp.clone() - logp.clone().detach()).exp();
-        let pg1 = ratio.clone() * adv.clone().neg();
-        let pg2 = ratio.clamp(1.0 - self.cfg.clip, 1.0 + self.cfg.clip) * adv.neg();
-        let mut per_token = pg1.max_pair(pg2);
-        let mut kl_v = 0.0;
-        if self.cfg.beta > 0.0 {
-            let rb = make_batch(&refs, pad, &self.reference.device());
-            let ref_lp = Tensor::from_inner(token_logps(&self.reference, &rb)).to_device(&device);
-            let d = ref_lp - logp.clone();
-            let kl = d.clone().exp() - d - 1.0; // k3, ≥ 0
-            kl_v = ((kl.clone().detach() * w.clone()).sum() / w.clone().sum().clamp_min(1.0)).into_scalar::<f32>() as f64;
-            per_token = per_token + kl * self.cfg.beta;
+        let policy = self.policy.clone();
+        let (mut acc, mut loss_v, mut kl_sum, mut all_rewards, mut lengths) = (Accum::new(), 0.0, 0.0, Vec::new(), 0usize);
+        for m in micro {
+            let (seqs, advantages, rewards, len) = self.rollout(m, &actor)?;
+            lengths += len;
+            all_rewards.extend(rewards);
+            let refs: Vec<&Encoded> = seqs.iter().collect();
+            let batch = make_batch(&refs, self.pad, &device);
+            let [b, _] = batch.inputs.dims();
+            let logp = token_logps(&policy, &batch);
+            let w = batch.weights.clone();
+            let adv = Tensor::<2>::from_data(TensorData::new(advantages, [b, 1]), &device);
+            // Clipped surrogate, max(−A·r, −A·clip(r, 1−ε, 1+ε)), with r = π/π_old and π_old the
+            // rollout policy (one update per rollout, so r = 1 in value, ∇r = ∇log π).
+            let ratio = (logp.clone() - logp.clone().detach()).exp();
+            let pg1 = ratio.clone() * adv.clone().neg();
+            let pg2 = ratio.clamp(1.0 - self.cfg.clip, 1.0 + self.cfg.clip) * adv.neg();
+            let mut per_token = pg1.max_pair(pg2);
+            if self.cfg.beta > 0.0 {
+                let rb = make_batch(&refs, self.pad, &self.reference.device());
+                let ref_lp = Tensor::from_inner(token_logps(&self.reference, &rb)).to_device(&device);
+                let d = ref_lp - logp.clone();
+                let kl = d.clone().exp() - d - 1.0; // k3, ≥ 0
+                let per_seq_kl =
+                    (kl.clone().detach() * w.clone()).sum_dim(1).reshape([b]) / w.clone().sum_dim(1).reshape([b]).clamp_min(1.0);
+                kl_sum += per_seq_kl.sum().into_scalar::<f32>() as f64;
+                per_token = per_token + kl * self.cfg.beta;
+            }
+            // Mean over each completion's tokens, then over all completions of the step.
+            let per_seq = (per_token * w.clone()).sum_dim(1).reshape([b]) / w.sum_dim(1).reshape([b]).clamp_min(1.0);
+            let l = per_seq.sum() * share(1, total_seqs);
+            loss_v += l.clone().into_scalar::<f32>() as f64;
+            acc.backward(&policy, l);
         }
-        // Mean over each completion's tokens, then over completions.
-        let per_seq = (per_token * w.clone()).sum_dim(1).reshape([b]) / w.sum_dim(1).reshape([b]).clamp_min(1.0);
-        let loss = per_seq.mean();
-        let loss_v = loss.clone().into_scalar::<f32>() as f64;
-        let (policy, grad_norm) = backward_step(self.policy.clone(), loss, &mut self.optim, lr, self.max_grad_norm);
+        let (policy, grad_norm) = acc.apply(policy, &mut self.optim, lr.lr, self.max_grad_norm);
         self.policy = policy;
         let n = all_rewards.len() as f64;
         let mean = all_rewards.iter().map(|&r| r as f64).sum::<f64>() / n;
         let std = (all_rewards.iter().map(|&r| (r as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-        Ok(GrpoMetrics { loss: loss_v, reward_mean: mean, reward_std: std, kl: kl_v, completion_length: lengths as f64 / n, grad_norm })
+        let metrics = BTreeMap::from([
+            ("reward_mean".into(), mean),
+            ("reward_std".into(), std),
+            ("kl".into(), kl_sum / n),
+            ("completion_length".into(), lengths as f64 / n),
+        ]);
+        Ok(StepOut { loss: loss_v, grad_norm, tokens: lengths, token_accuracy: None, metrics })
+    }
+
+    fn save(&self, ck: &mut Checkpoint) {
+        ck.tensors.insert("trainable".into(), params(&self.policy, true));
+        save_optim(ck, "optimizer", &self.optim);
+    }
+
+    fn restore(&mut self, ck: &Checkpoint, device: &Device) -> Result<()> {
+        self.policy = set_named_params(self.policy.clone(), ck.group("trainable")?)?;
+        restore_optim(ck, "optimizer", &mut self.optim, device)
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+
+    fn language_model(&self) -> Option<Transformer> {
+        Some(self.policy.without_autodiff())
+    }
+
+    fn trainable_params(&self) -> usize {
+        count_trainable(&self.policy)
     }
 }

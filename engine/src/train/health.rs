@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::job::{EvalRecord, StepRecord};
+use crate::runs::{EvalRecord, StepRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,10 +37,7 @@ fn mean(v: &[f64]) -> f64 {
 
 /// The first metric whose name matches, per step (None where a step lacks it).
 fn series(steps: &[StepRecord], pick: impl Fn(&str) -> bool) -> Vec<(usize, f64)> {
-    steps
-        .iter()
-        .filter_map(|s| s.metrics.iter().find(|(k, _)| pick(k)).map(|(_, v)| (s.step, *v)))
-        .collect()
+    steps.iter().filter_map(|s| s.metrics.iter().find(|(k, _)| pick(k)).map(|(_, v)| (s.step, *v))).collect()
 }
 
 /// KL to the reference model: `kl` (GRPO), `kl_to_reference` (PPO), `objective/kl` (TRL names).
@@ -139,7 +136,8 @@ pub fn check(steps: &[StepRecord], evals: &[EvalRecord]) -> Vec<Alert> {
         let eval_rising = e[0].eval_loss < e[1].eval_loss && e[1].eval_loss < e[2].eval_loss;
         let train_falling = finite.len() >= 4 && {
             let n = finite.len();
-            mean(&finite[n - n / 4..].iter().map(|s| s.loss).collect::<Vec<_>>()) < mean(&finite[..n / 4].iter().map(|s| s.loss).collect::<Vec<_>>())
+            mean(&finite[n - n / 4..].iter().map(|s| s.loss).collect::<Vec<_>>())
+                < mean(&finite[..n / 4].iter().map(|s| s.loss).collect::<Vec<_>>())
         };
         if eval_rising && train_falling {
             out.push(Alert {
@@ -185,7 +183,8 @@ mod tests {
 
     #[test]
     fn healthy_runs_raise_nothing() {
-        let steps: Vec<StepRecord> = (1..=20).map(|i| step(i, 2.0 / i as f64, &[("kl", 0.01 * i as f64), ("reward", 0.1 * i as f64)])).collect();
+        let steps: Vec<StepRecord> =
+            (1..=20).map(|i| step(i, 2.0 / i as f64, &[("kl", 0.01 * i as f64), ("reward", 0.1 * i as f64)])).collect();
         let evals = vec![eval(5, 1.0), eval(10, 0.9), eval(15, 0.85)];
         assert!(check(&steps, &evals).is_empty(), "{:?}", check(&steps, &evals));
     }
@@ -200,9 +199,11 @@ mod tests {
         steps.push(step(11, 5.0, &[]));
         assert_eq!(check(&steps, &[])[0].title, "Loss jumped");
 
-        let hacking: Vec<StepRecord> = (1..=12).map(|i| step(i, 1.0, &[("kl", if i < 8 { 0.05 } else { 4.0 }), ("reward", i as f64)])).collect();
+        let hacking: Vec<StepRecord> =
+            (1..=12).map(|i| step(i, 1.0, &[("kl", if i < 8 { 0.05 } else { 4.0 }), ("reward", i as f64)])).collect();
         assert_eq!(check(&hacking, &[])[0].title, "Possible reward hacking");
-        let drifting: Vec<StepRecord> = (1..=12).map(|i| step(i, 1.0, &[("objective/kl", if i < 8 { 0.05 } else { 12.0 }), ("reward", 1.0)])).collect();
+        let drifting: Vec<StepRecord> =
+            (1..=12).map(|i| step(i, 1.0, &[("objective/kl", if i < 8 { 0.05 } else { 12.0 }), ("reward", 1.0)])).collect();
         assert_eq!(check(&drifting, &[])[0].title, "KL divergence is blowing up");
 
         let falling: Vec<StepRecord> = (1..=20).map(|i| step(i, 2.0 / i as f64, &[])).collect();

@@ -72,9 +72,8 @@ impl AdamW {
         self.state.clear();
         for (k, m) in host {
             if let Some(path) = k.strip_suffix(".exp_avg") {
-                let v = host
-                    .get(&format!("{path}.exp_avg_sq"))
-                    .ok_or_else(|| anyhow::anyhow!("optimizer state: {path}.exp_avg_sq missing"))?;
+                let v =
+                    host.get(&format!("{path}.exp_avg_sq")).ok_or_else(|| anyhow::anyhow!("optimizer state: {path}.exp_avg_sq missing"))?;
                 self.state.insert(path.to_string(), Moments { m: from_host(m, device), v: from_host(v, device) });
             }
         }
@@ -161,13 +160,85 @@ impl ModuleMapper for AdamWMapper<'_> {
     }
 }
 
+/// Gradients summed over the micro-batches of one optimiser step. Each micro-batch's loss is
+/// its share of the step's loss (e.g. its summed token losses over the step's target tokens), so
+/// the sum equals the gradient of the whole batch at once, while only one micro-batch's
+/// activations are in memory.
+#[derive(Default)]
+pub struct Accum {
+    grads: Option<GradientsParams>,
+}
+
+impl Accum {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Backpropagate one micro-batch's loss and add its gradients.
+    pub fn backward<M: Module>(&mut self, model: &M, loss: Tensor<1>) {
+        let g = GradientsParams::from_grads(loss.backward(), model);
+        self.grads = Some(match self.grads.take() {
+            None => g,
+            Some(acc) => add_grads(model, acc, g),
+        });
+    }
+
+    /// Clip to `max_grad_norm` (global norm, `None`: off) and take one AdamW step. Returns the
+    /// updated module and the norm before clipping. A non-finite norm leaves the module as it
+    /// was (the runner then stops the job).
+    pub fn apply<M: Module>(self, module: M, optim: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> (M, f64) {
+        let Some(mut grads) = self.grads else { return (module, 0.0) };
+        let norm = global_grad_norm(&module, &grads);
+        if !norm.is_finite() {
+            return (module, norm);
+        }
+        let module = optim.step(module, &mut grads, lr, clip_scale(norm, max_grad_norm));
+        (module, norm)
+    }
+}
+
 /// Backpropagate `loss`, clip the gradients to `max_grad_norm` (global norm) and take one AdamW
 /// step. Returns the updated module and the norm before clipping.
 pub fn backward_step<M: Module>(module: M, loss: Tensor<1>, optim: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> (M, f64) {
-    let mut grads = GradientsParams::from_grads(loss.backward(), &module);
-    let norm = global_grad_norm(&module, &grads);
-    let module = optim.step(module, &mut grads, lr, clip_scale(norm, max_grad_norm));
-    (module, norm)
+    let mut acc = Accum::new();
+    acc.backward(&module, loss);
+    acc.apply(module, optim, lr, max_grad_norm)
+}
+
+/// Sum two sets of gradients parameter by parameter.
+fn add_grads<M: Module>(model: &M, mut a: GradientsParams, mut b: GradientsParams) -> GradientsParams {
+    struct Add<'a> {
+        a: &'a mut GradientsParams,
+        b: &'a mut GradientsParams,
+    }
+    impl ModuleVisitor for Add<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(gb) = self.b.remove::<D>(p.id) {
+                let sum = match self.a.remove::<D>(p.id) {
+                    Some(ga) => ga + gb,
+                    None => gb,
+                };
+                self.a.register::<D>(p.id, sum);
+            }
+        }
+    }
+    model.visit(&mut Add { a: &mut a, b: &mut b });
+    a
+}
+
+/// The learning rates of one step: `lr` for the main optimiser, and `scale` (the schedule's
+/// factor, `lr / peak`) for methods with learning rates of their own (PPO's actor and critic).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLr {
+    pub lr: f64,
+    pub scale: f64,
+}
+
+impl StepLr {
+    /// A constant learning rate (no schedule).
+    pub fn constant(lr: f64) -> Self {
+        Self { lr, scale: 1.0 }
+    }
 }
 
 /// The global L2 norm of all gradients of `module`'s parameters (as clip_grad_norm_ computes it).
@@ -336,4 +407,3 @@ mod tests {
         assert_eq!(clip_scale(100.0, None), 1.0);
     }
 }
-

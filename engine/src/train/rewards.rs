@@ -1,51 +1,14 @@
 //! Rule rewards an expert writes without code (in a job file or the GUI), combined with weights:
 //! exact match, contains / does-not-contain, regex, numeric answer within a tolerance, valid JSON
 //! with required keys, and a length penalty. (A trained reward model plugs in beside these.)
+//! The matching itself is `text::matching`, shared with evaluation metrics: numbers are the last
+//! number in the text.
 
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-/// How to compare text for exact match.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Normalise {
-    pub case_insensitive: bool,
-    pub trim: bool,
-    /// Collapse runs of whitespace to one space.
-    pub collapse_whitespace: bool,
-    /// Drop ASCII and common CJK punctuation.
-    pub strip_punctuation: bool,
-    /// Drop the English articles a, an, the.
-    pub strip_articles: bool,
-}
-
-impl Normalise {
-    /// SQuAD-style: case, punctuation and spacing ignored (evaluation suites' default).
-    pub fn squad() -> Self {
-        Self { case_insensitive: true, trim: true, collapse_whitespace: true, strip_punctuation: true, strip_articles: false }
-    }
-
-    pub fn apply(&self, s: &str) -> String {
-        let mut t: String = if self.strip_punctuation {
-            s.chars().filter(|c| !c.is_ascii_punctuation() && !matches!(c, '。' | '，' | '、' | '！' | '？' | '：' | '；')).collect()
-        } else {
-            s.to_string()
-        };
-        if self.case_insensitive {
-            t = t.to_lowercase();
-        }
-        if self.strip_articles {
-            t = t.split_whitespace().filter(|w| !matches!(w.to_lowercase().as_str(), "a" | "an" | "the")).collect::<Vec<_>>().join(" ");
-        }
-        if self.collapse_whitespace {
-            t = t.split_whitespace().collect::<Vec<_>>().join(" ");
-        }
-        if self.trim {
-            t = t.trim().to_string();
-        }
-        t
-    }
-}
+pub use crate::text::matching::Normalise;
+use crate::text::matching::{self, Pattern};
 
 /// One rule. `reference` is the example's reference answer (from the dataset).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,8 +33,8 @@ pub enum Rule {
         case_insensitive: bool,
     },
     /// 1 when the regular expression matches somewhere in the response.
-    Regex { pattern: String },
-    /// 1 when the last number in the response is within `tolerance` of the reference number
+    Regex { pattern: Pattern },
+    /// 1 when the response's answer number (its last number) is within `tolerance` of the reference's
     /// (absolute, or relative to the reference when `relative`).
     Numeric {
         #[serde(default)]
@@ -101,17 +64,9 @@ fn one() -> f64 {
     1.0
 }
 
-fn last_number(s: &str) -> Option<f64> {
-    let re = regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?").expect("valid");
-    re.find_iter(s).last().and_then(|m| m.as_str().replace(',', "").parse().ok())
-}
-
 impl Rule {
     /// Check the rule's own settings (e.g. that a regex compiles), naming the problem.
     pub fn validate(&self) -> Result<()> {
-        if let Rule::Regex { pattern } = self {
-            regex::Regex::new(pattern).map_err(|e| anyhow!("rule regex: bad pattern {pattern:?}: {e}"))?;
-        }
         if let Rule::LengthPenalty { max_chars: 0 } = self {
             return Err(anyhow!("rule length_penalty: max_chars must be at least 1"));
         }
@@ -121,28 +76,14 @@ impl Rule {
     pub fn score(&self, response: &str, reference: Option<&str>) -> f64 {
         let b = |x: bool| if x { 1.0 } else { 0.0 };
         match self {
-            Rule::ExactMatch { normalise } => b(reference.is_some_and(|r| normalise.apply(response) == normalise.apply(r))),
+            Rule::ExactMatch { normalise } => reference.map_or(0.0, |r| matching::exact_match(response, r, normalise)),
             Rule::Contains { text, case_insensitive } => {
                 let Some(needle) = text.as_deref().or(reference) else { return 0.0 };
-                if *case_insensitive {
-                    b(response.to_lowercase().contains(&needle.to_lowercase()))
-                } else {
-                    b(response.contains(needle))
-                }
+                matching::contains(response, needle, *case_insensitive)
             }
-            Rule::NotContains { text, case_insensitive } => {
-                if *case_insensitive {
-                    b(!response.to_lowercase().contains(&text.to_lowercase()))
-                } else {
-                    b(!response.contains(text.as_str()))
-                }
-            }
-            Rule::Regex { pattern } => b(regex::Regex::new(pattern).map(|re| re.is_match(response)).unwrap_or(false)),
-            Rule::Numeric { tolerance, relative } => {
-                let (Some(got), Some(want)) = (last_number(response), reference.and_then(last_number)) else { return 0.0 };
-                let tol = if *relative { tolerance * want.abs() } else { *tolerance };
-                b((got - want).abs() <= tol)
-            }
+            Rule::NotContains { text, case_insensitive } => 1.0 - matching::contains(response, text, *case_insensitive),
+            Rule::Regex { pattern } => pattern.score(response),
+            Rule::Numeric { tolerance, relative } => reference.map_or(0.0, |r| matching::numeric(response, r, *tolerance, *relative)),
             Rule::ValidJson { required_keys } => {
                 let t = response.trim();
                 let t = t.strip_prefix("```json").or_else(|| t.strip_prefix("```")).map(|x| x.trim_end_matches("```").trim()).unwrap_or(t);
@@ -176,11 +117,13 @@ mod tests {
         assert_eq!(Rule::Contains { text: Some("ambulance".into()), case_insensitive: false }.score("Call an ambulance now", None), 1.0);
         assert_eq!(Rule::Contains { text: None, case_insensitive: true }.score("It is PARIS", Some("paris")), 1.0);
         assert_eq!(Rule::NotContains { text: "google".into(), case_insensitive: true }.score("Just Google it", None), 0.0);
-        assert_eq!(Rule::Regex { pattern: r"^(Emergency|Urgent|Routine):".into() }.score("Urgent: see a GP", None), 1.0);
+        assert_eq!(Rule::Regex { pattern: Pattern::new(r"^(Emergency|Urgent|Routine):").unwrap() }.score("Urgent: see a GP", None), 1.0);
         let num = Rule::Numeric { tolerance: 0.5, relative: false };
         assert_eq!(num.score("The dose is 1,250.3 mg", Some("1250")), 1.0);
         assert_eq!(num.score("about 1252 mg", Some("1250")), 0.0);
-        assert_eq!(Rule::Numeric { tolerance: 0.01, relative: true }.score("4.04", Some("4")), 0.0);
+        // The tolerance is inclusive (4.04 is within 1 % of 4, whatever the float rounding).
+        assert_eq!(Rule::Numeric { tolerance: 0.01, relative: true }.score("4.04", Some("4")), 1.0);
+        assert_eq!(Rule::Numeric { tolerance: 0.01, relative: true }.score("4.05", Some("4")), 0.0);
         assert_eq!(Rule::Numeric { tolerance: 0.01, relative: true }.score("4.03", Some("4")), 1.0);
         let js = Rule::ValidJson { required_keys: vec!["triage".into()] };
         assert_eq!(js.score("```json\n{\"triage\": \"urgent\"}\n```", None), 1.0);
@@ -204,7 +147,8 @@ mod tests {
         .unwrap();
         assert_eq!(combined_reward(&r.rules, " abc", Some("abc")), 2.0);
         assert_eq!(combined_reward(&r.rules, "abcdef", Some("abc")), -0.5);
-        assert!(Rule::Regex { pattern: "(".into() }.validate().unwrap_err().to_string().contains("bad pattern"));
+        let bad_re: Result<R, _> = toml::from_str("[[rules]]\nrule = \"regex\"\npattern = \"(\"\n");
+        assert!(bad_re.err().unwrap().to_string().contains("bad regular expression"));
         let bad: Result<R, _> = toml::from_str("[[rules]]\nrule = \"exact_match\"\nnormalize = {}\n");
         assert!(bad.is_err(), "unknown keys are errors");
     }

@@ -1,5 +1,5 @@
 //! Parameters by module path (`layers.3.attn.q.lora.a`), on the host: the form checkpoints
-//! save and resume restores.
+//! save and resume restores, and the form a run's tuned model is loaded back from.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::io::HostTensor;
+use crate::io::safetensors::SafetensorsFolder;
 
 /// Every float parameter of `m` by path. With `trainable_only`, only those that take gradients.
 pub fn named_params<M: Module>(m: &M, trainable_only: bool) -> BTreeMap<String, HostTensor> {
@@ -82,4 +83,10 @@ pub fn set_named_params<M: Module>(m: M, values: &BTreeMap<String, HostTensor>) 
         bail!("checkpoint has parameters the model does not: {missing:?}");
     }
     Ok(m)
+}
+
+/// Every tensor of one safetensors file, by name (f32 on the host).
+pub fn read_all(path: &std::path::Path) -> Result<BTreeMap<String, HostTensor>> {
+    let st = SafetensorsFolder::open_file(path)?;
+    st.names().map(|n| Ok((n.to_string(), st.get(n)?))).collect()
 }

@@ -1,0 +1,241 @@
+//! Every method behind the one runner honours every `[train]` setting the same way:
+//! `max_grad_norm` (0 = off), true gradient accumulation, the memory pre-flight, and exact
+//! resume after `kill -9`. Each test runs all six methods on tiny fixtures through job files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use whetstone_engine::io::HostTensor;
+use whetstone_engine::runs::{JobEvent, StepRecord, read_metrics};
+use whetstone_engine::train::{JobSpec, RunOptions, spawn};
+
+const METHODS: [&str; 6] = ["sft", "reward", "dpo", "ppo", "grpo", "distill"];
+
+const QA: [(&str, &str); 8] = [
+    ("Chest pain at rest?", "Emergency: call an ambulance."),
+    ("Mild cough for two days?", "Routine: rest and fluids."),
+    ("Stiff neck and fever?", "Urgent: see a doctor today."),
+    ("Small cut on a finger?", "Routine: clean and cover it."),
+    ("Sudden slurred speech?", "Emergency: call an ambulance."),
+    ("Itchy rash on the arm?", "Routine: see a GP this week."),
+    ("Fainted twice today?", "Urgent: see a doctor today."),
+    ("Runny nose and sneezing?", "Routine: rest and fluids."),
+];
+
+/// Data files for every method in `dir`, `n` rows each.
+fn write_data(dir: &Path, n: usize) {
+    let rows =
+        |f: &dyn Fn(&str, &str) -> serde_json::Value| QA[..n].iter().map(|(q, a)| f(q, a).to_string()).collect::<Vec<_>>().join("\n");
+    std::fs::write(dir.join("sft.jsonl"), rows(&|q, a| serde_json::json!({"question": q, "answer": a}))).unwrap();
+    std::fs::write(
+        dir.join("prefs.jsonl"),
+        rows(&|q, a| serde_json::json!({"prompt": q, "chosen": a, "rejected": "No idea, search online."})),
+    )
+    .unwrap();
+    std::fs::write(dir.join("prompts.jsonl"), rows(&|q, a| serde_json::json!({"prompt": q, "reference": a}))).unwrap();
+}
+
+/// A job file for `method` on the tiny qwen3 fixture, with `train` lines added to `[train]`.
+fn job(dir: &Path, method: &str, name: &str, train: &str) -> PathBuf {
+    let (data, section) = match method {
+        "sft" => ("sft.jsonl", String::new()),
+        "reward" | "dpo" => ("prefs.jsonl", String::new()),
+        // Untrained tiny models write random bytes: about a third of them hold a capital letter, so
+        // a group of four answers almost always differs in reward.
+        "grpo" => (
+            "prompts.jsonl",
+            "[grpo]\ngroup_size = 4\nmax_new_tokens = 4\ntemperature = 1.0\n[[grpo.rules]]\nrule = \"regex\"\npattern = \"[A-Z]\"\n".into(),
+        ),
+        "ppo" => (
+            "prompts.jsonl",
+            "[ppo]\nmax_new_tokens = 4\nactor_lr = 1e-3\ncritic_lr = 1e-3\n[[ppo.rules]]\nrule = \"contains\"\ntext = \"Routine\"\n".into(),
+        ),
+        "distill" => (
+            "sft.jsonl",
+            format!(
+                "[distill]\nteacher = {:?}\ntemperature = 2.0\nsft_weight = 0.25\n",
+                fixture("tiny-models/llama").display().to_string()
+            ),
+        ),
+        m => panic!("unknown method {m}"),
+    };
+    // Defaults for these tests, unless `train` sets the key.
+    let defaults: String = ["lr = 1e-2", "decay = \"constant\"", "max_seq_len = 64"]
+        .iter()
+        .filter(|l| !train.lines().any(|t| t.split('=').next().map(str::trim) == l.split('=').next().map(str::trim)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = format!(
+        "method = \"{method}\"\nmodel = {:?}\nname = \"{name}\"\nseed = 7\noutput = \"runs\"\n[dataset]\npath = \"{data}\"\n[train]\n{defaults}{train}\n{section}",
+        fixture("tiny-models/qwen3").display().to_string()
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(p: &Path) -> Vec<JobEvent> {
+    let h = spawn(JobSpec::from_file(p).unwrap(), RunOptions::default());
+    let evs: Vec<JobEvent> = h.events.iter().collect();
+    h.join();
+    if let Some(JobEvent::Failed { reason }) = evs.last() {
+        panic!("{}: job failed: {reason}", p.display());
+    }
+    evs
+}
+
+fn steps(evs: &[JobEvent]) -> Vec<StepRecord> {
+    evs.iter().filter_map(|e| if let JobEvent::Step(s) = e { Some(s.clone()) } else { None }).collect()
+}
+
+/// The trained parameters of a run's newest checkpoint.
+fn trained(dir: &Path, name: &str) -> BTreeMap<String, HostTensor> {
+    let ck = whetstone_engine::runs::latest_checkpoint(&dir.join("runs").join(name)).unwrap();
+    whetstone_engine::model::params::read_all(&ck.join("trainable.safetensors")).unwrap()
+}
+
+fn diff(a: &BTreeMap<String, HostTensor>, b: &BTreeMap<String, HostTensor>) -> (f64, f64) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let (mut max, mut sq) = (0f64, 0f64);
+    for (k, x) in a {
+        for (p, q) in x.data.iter().zip(&b[k].data) {
+            let d = (*p as f64 - *q as f64).abs();
+            max = max.max(d);
+            sq += d * d;
+        }
+    }
+    (max, sq.sqrt())
+}
+
+/// `max_grad_norm = 0` is no clipping (the same update as a threshold far above the norm), and
+/// a threshold a tenth of the norm shrinks the update. AdamW's eps is set to 1 so its update
+/// follows the gradient's size (at the default 1e-8 AdamW's first step is scale-free).
+#[test]
+fn max_grad_norm_takes_effect_in_every_method() {
+    for method in METHODS {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write_data(d, 4);
+        let base = "max_steps = 1\nbatch_size = 4\neps = 1.0\n";
+        let off = run(&job(d, method, "off", &format!("{base}max_grad_norm = 0\n")));
+        let g = steps(&off)[0].grad_norm;
+        assert!(g.is_finite() && g > 0.0, "{method}: grad norm {g}");
+        run(&job(d, method, "big", &format!("{base}max_grad_norm = {}\n", g * 10.0)));
+        let small = run(&job(d, method, "small", &format!("{base}max_grad_norm = {}\n", g / 10.0)));
+        assert_eq!(steps(&small)[0].grad_norm, g, "{method}: the norm is reported before clipping");
+        // A threshold this low all but stops the update: its parameters stand in for the start.
+        run(&job(d, method, "still", &format!("{base}max_grad_norm = 1e-12\n")));
+        let start = trained(d, "still");
+        assert_eq!(diff(&trained(d, "off"), &trained(d, "big")).0, 0.0, "{method}: clipping above the norm changed the update");
+        let full = diff(&trained(d, "off"), &start).1;
+        let clipped = diff(&trained(d, "small"), &start).1;
+        assert!(full > 0.0, "{method}: no update");
+        let ratio = clipped / full;
+        assert!((0.05..0.5).contains(&ratio), "{method}: clipping to a tenth of the norm gave {ratio} of the update");
+    }
+}
+
+/// One optimiser step of `batch_size = 1, grad_accum = 4` equals one of `batch_size = 4`, and
+/// needs less memory.
+#[test]
+fn gradient_accumulation_equals_the_big_batch_with_less_memory() {
+    for method in METHODS {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write_data(d, 4);
+        let big = run(&job(d, method, "big", "max_steps = 1\nbatch_size = 4\ngrad_accum = 1\nlr = 1e-3\n"));
+        let acc = run(&job(d, method, "acc", "max_steps = 1\nbatch_size = 1\ngrad_accum = 4\nlr = 1e-3\n"));
+        let (max, _) = diff(&trained(d, "big"), &trained(d, "acc"));
+        assert!(max < 1e-5, "{method}: parameters differ by {max}");
+        let (sb, sa) = (&steps(&big)[0], &steps(&acc)[0]);
+        assert!(sb.grad_norm > 0.0, "{method}: the step must move the parameters for this to mean anything");
+        assert!((sb.grad_norm - sa.grad_norm).abs() < 1e-4 * sb.grad_norm, "{method}: grad norm {} vs {}", sb.grad_norm, sa.grad_norm);
+        assert!((sb.loss - sa.loss).abs() < 1e-5 * sb.loss.abs().max(1.0), "{method}: loss {} vs {}", sb.loss, sa.loss);
+        let mem = |evs: &[JobEvent]| match &evs[0] {
+            JobEvent::Started { memory, .. } => memory.total_bytes,
+            e => panic!("{e:?}"),
+        };
+        assert!(mem(&acc) < mem(&big), "{method}: accumulation should need less memory ({} vs {})", mem(&acc), mem(&big));
+    }
+}
+
+/// Methods other than SFT are refused before loading when the estimate is over the memory
+/// available, with the numbers, and nothing is written.
+#[test]
+fn jobs_that_cannot_fit_are_refused_before_loading() {
+    for method in ["reward", "dpo", "ppo", "grpo", "distill"] {
+        let tmp = tempfile::tempdir().unwrap();
+        write_data(tmp.path(), 4);
+        let h = spawn(
+            JobSpec::from_file(&job(tmp.path(), method, "huge", "batch_size = 4096\nmax_seq_len = 65536\n")).unwrap(),
+            RunOptions::default(),
+        );
+        let evs: Vec<JobEvent> = h.events.iter().collect();
+        let Some(JobEvent::Failed { reason }) = evs.last() else { panic!("{method}: not refused: {:?}", evs.last()) };
+        assert!(
+            reason.contains("needs about") && reason.contains("GB") && reason.contains("activations") && reason.contains(method),
+            "{method}: {reason}"
+        );
+        assert_eq!(evs.len(), 1, "{method}: refused before starting");
+        assert!(!tmp.path().join("runs").exists(), "{method}: nothing is written for a refused job");
+    }
+}
+
+/// The step records without timings.
+fn comparable(s: &StepRecord) -> String {
+    let mut s = s.clone();
+    s.tokens_per_second = 0.0;
+    s.elapsed_seconds = 0.0;
+    s.metrics.retain(|k, _| !k.ends_with("_seconds"));
+    serde_json::to_string(&s).unwrap()
+}
+
+/// `whetstone train` killed with SIGKILL after its first checkpoint, then `--resume`d, writes
+/// the same step records as an uninterrupted run, for every method.
+#[test]
+fn every_method_resumes_exactly_after_kill_9() {
+    for method in METHODS {
+        let train = "max_steps = 16\nbatch_size = 2\ncheckpoint_every = 2\ncheckpoint_keep = 2\nlr = 2e-3\n";
+        let a = tempfile::tempdir().unwrap();
+        write_data(a.path(), 8);
+        let o = whetstone(&["train", job(a.path(), method, "k", train).to_str().unwrap()]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let full = steps(&read_metrics(&a.path().join("runs/k")).unwrap());
+        assert_eq!(full.len(), 16);
+        let kept = whetstone_engine::runs::folder::checkpoints(&a.path().join("runs/k"));
+        assert_eq!(kept.len(), 3, "{method}: the newest two checkpoints and the final one: {kept:?}");
+
+        let b = tempfile::tempdir().unwrap();
+        write_data(b.path(), 8);
+        let p = job(b.path(), method, "k", train);
+        let run = b.path().join("runs/k");
+        let mut child = std::process::Command::new(whetstone_bin())
+            .args(["train", p.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while whetstone_engine::runs::latest_checkpoint(&run).is_none() {
+            assert!(std::time::Instant::now() < deadline, "{method}: no checkpoint appeared");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(!run.join("run.json").exists(), "{method}: the run finished before it was killed");
+        let o = whetstone(&["train", "--resume", run.to_str().unwrap()]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let resumed = steps(&read_metrics(&run).unwrap());
+        assert_eq!(resumed.len(), 16, "{method}");
+        for (x, y) in full.iter().zip(&resumed) {
+            assert_eq!(comparable(x), comparable(y), "{method}: step {}", x.step);
+        }
+        let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        assert_eq!(card["status"], "finished");
+        // Elapsed time carries over the restart: it never goes back.
+        assert!(resumed.windows(2).all(|w| w[1].elapsed_seconds >= w[0].elapsed_seconds), "{method}: elapsed time restarted");
+        assert!(card["elapsed_seconds"].as_f64().unwrap() >= resumed[15].elapsed_seconds - 1e-9, "{method}");
+    }
+}
