@@ -11,6 +11,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use whetstone::gui::{Page, StartOptions, WorkbenchApp};
 use whetstone_engine::data::Workspace;
+use whetstone_engine::train::dpo::DpoConfig;
 
 fn harness(start: StartOptions) -> Harness<'static, WorkbenchApp> {
     Harness::builder().with_size(egui::vec2(1400.0, 900.0)).build_eframe(move |cc| WorkbenchApp::new(cc, start.clone()))
@@ -115,7 +116,10 @@ fn import_by_path_and_by_drop_then_map_roles() {
     h.get_by_role_and_label(Role::Button, "Keep the guesses").click();
     settle(&mut h, "the imported dataset", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.dataset == "notes") && a.data_ui.mapping.is_none());
     let d = h.state().ds.as_ref().unwrap();
-    assert_eq!((d.info.roles.prompt.as_deref(), d.info.roles.response.as_deref(), d.info.roles.label.as_deref()), (Some("instruction"), Some("output"), Some("topic")));
+    assert_eq!(
+        (d.info.roles.prompt.as_deref(), d.info.roles.response.as_deref(), d.info.roles.label.as_deref()),
+        (Some("instruction"), Some("output"), Some("topic"))
+    );
 
     // Dropping a file on the window imports it too.
     #[derive(Debug)]
@@ -212,7 +216,9 @@ fn pairwise_verdicts_become_a_preference_dataset() {
     }
     assert_eq!(h.state().label_ui.pair_cursor, 10, "ten pairs judged from the keyboard");
     h.get_by_role_and_label(Role::Button, "Save preferences as a dataset").click();
-    settle(&mut h, "the preference dataset", 20, |a| a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "clinic-triage-pairs-preferences")));
+    settle(&mut h, "the preference dataset", 20, |a| {
+        a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "clinic-triage-pairs-preferences"))
+    });
     let ws = Workspace::open(&h.state().ws.as_ref().unwrap().root).unwrap();
     let (_, t) = ws.load("clinic-triage-pairs-preferences", None).unwrap();
     assert_eq!(t.height(), 2, "two verdicts with a winner; ties carry no preference");
@@ -229,11 +235,12 @@ fn start_sft(h: &mut Harness<'static, WorkbenchApp>, max_steps: usize) {
     settle(h, "the memory estimate", 20, |a| a.train_ui.has_estimate());
     {
         let app = h.state_mut();
-        assert!(app.train_ui.model.as_ref().is_some_and(|m| m.ends_with("models/tiny-llama")));
-        assert_eq!(app.train_ui.dataset.as_deref(), Some("clinic-triage"));
-        app.train_ui.max_steps = max_steps;
-        app.train_ui.lr = 5e-3;
-        app.train_ui.max_seq_len = 128;
+        let d = &mut app.train_ui.draft;
+        assert!(d.model.ends_with("models/tiny-llama"), "{:?}", d.model);
+        assert_eq!(d.dataset.name.as_deref(), Some("clinic-triage"));
+        d.train.max_steps = max_steps;
+        d.train.lr = Some(5e-3);
+        d.train.max_seq_len = 128;
     }
     h.step();
     h.get_by_role_and_label(Role::Button, "Start training").click();
@@ -257,7 +264,11 @@ fn a_tiny_sft_job_draws_live_points_and_keeps_the_ui_responsive() {
     assert!(j.steps.last().unwrap().loss < j.steps[0].loss, "loss should fall: {} → {}", j.steps[0].loss, j.steps.last().unwrap().loss);
     let stats = h.state().frame_stats.clone();
     assert!(stats.frames_while_job >= 5, "{stats:?}");
-    assert!(stats.max_ms_while_job < 250.0, "a frame took {:.0} ms while the job ran: engine work on the UI thread? {stats:?}", stats.max_ms_while_job);
+    assert!(
+        stats.max_ms_while_job < 250.0,
+        "a frame took {:.0} ms while the job ran: engine work on the UI thread? {stats:?}",
+        stats.max_ms_while_job
+    );
     h.get_by_label("finished");
     // Timings (tokens/s, run name) vary between runs: compare the layout loosely.
     h.snapshot_options("train_page", &loose());
@@ -271,16 +282,128 @@ fn a_tiny_sft_job_draws_live_points_and_keeps_the_ui_responsive() {
 }
 
 #[test]
-fn cancel_stops_a_running_job() {
+fn cancel_stops_a_running_job_and_resume_finishes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = demo(tmp.path());
-    start_sft(&mut h, 5000);
+    start_sft(&mut h, 300);
     settle(&mut h, "the first step", 120, |a| a.train_ui.current.as_ref().is_some_and(|j| !j.steps.is_empty()));
     h.get_by_role_and_label(Role::Button, "Cancel").click();
     settle(&mut h, "the cancellation", 60, |a| a.train_ui.current.is_none());
     let j = h.state().train_ui.history.last().unwrap();
-    assert!(matches!(j.state, whetstone::gui::panels::train::JobState::Cancelled(s) if s < 5000), "{:?}", j.state);
+    let whetstone::gui::panels::train::JobState::Cancelled(stopped) = j.state else { panic!("{:?}", j.state) };
+    assert!(stopped < 300 && j.checkpointed, "cancelled at {stopped}, checkpointed: {}", j.checkpointed);
+    let run_dir = j.run_dir.clone();
     assert!(h.state().log.iter().any(|l| l.text.contains("cancelled")), "{:?}", log(h.state()));
+    // Resume: the data thread reads the run's job.toml and the job continues in the same folder.
+    h.get_by_role_and_label(Role::Button, "Resume from the last checkpoint").click();
+    settle(&mut h, "the resumed job", 300, |a| a.train_ui.history.len() == 2 && a.train_ui.current.is_none());
+    let r = h.state().train_ui.history.last().unwrap();
+    assert_eq!(r.state, whetstone::gui::panels::train::JobState::Finished, "{:?}", log(h.state()));
+    assert_eq!((r.start_step, r.total_steps, r.steps.last().map(|s| s.step)), (stopped, 300, Some(300)));
+    assert_eq!(r.run_dir, run_dir);
+    no_errors(h.state());
+}
+
+#[test]
+fn the_train_form_starts_from_engine_defaults_and_jobs_run_on_the_engine_queue() {
+    use whetstone_engine::model::lora::LoraConfig;
+    use whetstone_engine::train::grpo::GrpoConfig;
+    use whetstone_engine::train::ppo::PpoConfig;
+    use whetstone_engine::train::spec::{DEFAULT_LORA_LR, DEFAULT_LR};
+    use whetstone_engine::train::{Method, TrainSpec, preflight};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    nav(&mut h, "Train");
+    settle(&mut h, "the memory estimate", 20, |a| a.train_ui.has_estimate());
+    let ws = tmp.path().join("demo");
+    {
+        let d = &h.state().train_ui.draft;
+        assert_eq!(d.method, Method::Sft);
+        assert_eq!(d.train, TrainSpec::default(), "every [train] field is the engine's default");
+        assert_eq!(d.lora, Some(LoraConfig::default()), "LoRA is on, with the engine's adapter defaults");
+        assert_eq!((d.train.lr, d.peak_lr()), (None, DEFAULT_LORA_LR));
+        assert_eq!((d.device.as_str(), d.seed, d.dataset.validation_fraction, d.dataset.split.as_deref()), ("cpu", 0, 0.0, None));
+        assert_eq!((d.dataset.path.as_path(), d.output.clone()), (ws.as_path(), ws.join("runs")));
+        assert!(d.dpo.is_none() && d.ppo.is_none() && d.grpo.is_none() && d.distill.is_none() && d.eval_suite.is_none());
+    }
+    // The estimate on screen is the engine's pre-flight estimate of the draft.
+    let expect = |d: &whetstone_engine::train::JobSpec| {
+        preflight::estimate(d, &whetstone_engine::runs::base_config(&d.model).unwrap()).unwrap().describe()
+    };
+    let lora_estimate = expect(&h.state().train_ui.draft);
+    h.get_by_label_contains(&lora_estimate);
+    // LoRA off: the learning rate follows the engine's default for full fine-tuning, and the
+    // estimate is asked again (gradients and optimiser state for every weight).
+    h.get_by_label("LoRA (train small adapters, base frozen)").click();
+    h.step();
+    let full = h.state().train_ui.draft.clone();
+    assert_eq!((full.lora.is_none(), full.train.lr, full.peak_lr()), (true, None, DEFAULT_LR));
+    let full_estimate = expect(&full);
+    assert_ne!(full_estimate, lora_estimate);
+    settle(&mut h, "the full fine-tuning estimate", 20, |a| {
+        a.train_ui.estimate().is_some_and(|e| e.as_ref().is_ok_and(|(s, _)| s.contains(&full_estimate)))
+    });
+    h.get_by_label("LoRA (train small adapters, base frozen)").click();
+    h.step();
+    assert_eq!(h.state().train_ui.draft.lora, Some(LoraConfig::default()));
+    // Each method's section starts from the engine's defaults; the others are set aside.
+    h.get_by_role_and_label(Role::Button, "RLHF with PPO").click();
+    h.step();
+    assert_eq!(h.state().train_ui.draft.ppo, Some(PpoConfig::default()));
+    h.get_by_role_and_label(Role::Button, "GRPO with rule rewards").click();
+    h.step();
+    let d = h.state().train_ui.draft.clone();
+    let g = d.grpo.clone().unwrap();
+    assert_eq!(GrpoConfig { rules: Vec::new(), ..g.clone() }, GrpoConfig::default());
+    assert_eq!(g.rules.len(), 1, "the form's rule");
+    assert!(d.ppo.is_none());
+    h.get_by_role_and_label(Role::Button, "Supervised fine-tuning (SFT)").click();
+    h.step();
+    let d = h.state().train_ui.draft.clone();
+    assert!(d.method == Method::Sft && d.ppo.is_none() && d.grpo.is_none() && d.dpo.is_none());
+    // The model thread lists the devices once.
+    settle(&mut h, "the device list", 60, |a| a.train_ui.devices.is_some());
+    assert_eq!(h.state().train_ui.devices.as_ref().unwrap()[0].name, "cpu");
+
+    // A long job, then two more queued behind it; one of those is taken out again.
+    {
+        let d = &mut h.state_mut().train_ui.draft;
+        d.train.max_steps = 5000;
+        d.train.max_seq_len = 128;
+    }
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Start training").click();
+    h.step();
+    let first = h.state().train_ui.current.as_ref().map(|j| j.job).expect("the job did not start");
+    h.state_mut().train_ui.draft.train.max_steps = 2;
+    h.step();
+    for _ in 0..2 {
+        h.get_by_role_and_label(Role::Button, "Add to queue").click();
+        h.step();
+    }
+    h.step();
+    let pending = h.state().train_ui.queue.pending();
+    assert_eq!(pending.len(), 2, "{:?}", log(h.state()));
+    assert_ne!(pending[0].spec.name, pending[1].spec.name, "every job gets its own run name");
+    h.get_by_role_and_label(Role::Button, &format!("Remove #{}", pending[1].job)).click();
+    h.step();
+    assert_eq!(h.state().train_ui.queue.pending().len(), 1);
+    settle(&mut h, "the first step", 120, |a| a.train_ui.current.as_ref().is_some_and(|j| !j.steps.is_empty()));
+    assert_eq!(h.state().train_ui.queue.running(), Some(first));
+    assert_eq!(h.state().train_ui.current.as_ref().unwrap().device, "cpu", "the device from the job's Started event");
+    h.get_by_label("Running on cpu");
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    settle(&mut h, "the queued job", 180, |a| a.train_ui.history.len() == 2 && a.train_ui.current.is_none());
+    let u = &h.state().train_ui;
+    assert!(matches!(u.history[0].state, whetstone::gui::panels::train::JobState::Cancelled(_)), "{:?}", u.history[0].state);
+    assert_eq!(u.history[1].job, pending[0].job);
+    assert_eq!(u.history[1].state, whetstone::gui::panels::train::JobState::Finished, "{:?}", log(h.state()));
+    assert_eq!(u.history[1].total_steps, 2);
+    assert!(u.queue.pending().is_empty() && u.queue.running().is_none());
+    h.get_by_label("Device: CPU");
+    // The removed job never ran: two run folders.
+    settle(&mut h, "the run list", 20, |a| a.runs_ui.runs.len() == 2);
+    no_errors(h.state());
 }
 
 #[test]
@@ -343,8 +466,9 @@ fn sft_then_dpo_on_the_demo_model_then_export_without_the_terminal() {
     let run_name = whetstone::gui::panels::data::short_path(&sft_run);
     pick(&mut h, "Base model", &run_name);
     pick(&mut h, "Dataset", "clinic-triage-pairs");
-    assert_eq!(h.state().train_ui.model.as_deref(), Some(sft_run.as_path()));
-    h.state_mut().train_ui.max_steps = 4;
+    assert_eq!(h.state().train_ui.draft.model, sft_run);
+    assert_eq!(h.state().train_ui.draft.dpo, Some(DpoConfig::default()), "the DPO section starts from the engine's defaults");
+    h.state_mut().train_ui.draft.train.max_steps = 4;
     h.step();
     h.get_by_role_and_label(Role::Button, "Start training").click();
     h.step();
@@ -433,7 +557,9 @@ fn a_new_workspace_folder_is_created_and_curation_tools_work() {
     h.state_mut().data_ui.stratify = "department".into();
     h.step();
     h.get_by_role_and_label(Role::Button, "Split dataset").click();
-    settle(&mut h, "the split version", 20, |a| a.ds.as_ref().is_some_and(|d| d.info.version == 4 && d.info.columns.iter().any(|c| c.name == "split")));
+    settle(&mut h, "the split version", 20, |a| {
+        a.ds.as_ref().is_some_and(|d| d.info.version == 4 && d.info.columns.iter().any(|c| c.name == "split"))
+    });
     no_errors(h.state());
 }
 
@@ -447,10 +573,10 @@ fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
     nav(&mut h, "Train");
     {
         let t = &mut h.state_mut().train_ui;
-        t.lora = false;
-        t.max_steps = 150;
-        t.lr = 3e-3;
-        t.max_seq_len = 128;
+        t.set_lora(false);
+        t.draft.train.max_steps = 150;
+        t.draft.train.lr = Some(3e-3);
+        t.draft.train.max_seq_len = 128;
     }
     h.step();
     h.get_by_role_and_label(Role::Button, "Start training").click();
@@ -485,7 +611,10 @@ fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
     h.step();
     let queue = h.state().eval_ui.queue.clone();
     assert_eq!(queue.len(), 20);
-    assert!(queue.iter().any(|q| q.1 == r.summary[1].model) && queue.iter().any(|q| q.2 == r.summary[1].model), "sides are hidden and shuffled");
+    assert!(
+        queue.iter().any(|q| q.1 == r.summary[1].model) && queue.iter().any(|q| q.2 == r.summary[1].model),
+        "sides are hidden and shuffled"
+    );
     h.get_by_label("Answer A");
     for (_, a, _) in &queue {
         h.key_press(if *a == r.summary[1].model { egui::Key::A } else { egui::Key::B });
@@ -498,7 +627,9 @@ fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
     assert!(tuned_rating.elo > 1000.0);
     h.snapshot_options("evaluate_blind", &loose());
     h.get_by_role_and_label(Role::Button, "Save votes as a preference dataset").click();
-    settle(&mut h, "the A/B preference dataset", 20, |a| a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "triage-level-ab-preferences" && d.rows == 20)));
+    settle(&mut h, "the A/B preference dataset", 20, |a| {
+        a.ws.as_ref().is_some_and(|w| w.datasets.iter().any(|d| d.dataset == "triage-level-ab-preferences" && d.rows == 20))
+    });
 
     // …which a DPO job, started from the SFT run, trains on.
     nav(&mut h, "Train");
@@ -508,8 +639,8 @@ fn evaluate_shows_the_gain_over_baseline_and_blind_votes_feed_dpo() {
     pick(&mut h, "Dataset", "triage-level-ab-preferences");
     {
         let t = &mut h.state_mut().train_ui;
-        t.lora = true;
-        t.max_steps = 3;
+        t.set_lora(true);
+        t.draft.train.max_steps = 3;
     }
     h.step();
     h.get_by_role_and_label(Role::Button, "Start training").click();
@@ -543,7 +674,13 @@ fn a_million_row_table_scrolls_without_slow_frames() {
     h.get_by_label("Patient 0: cough, fever?").hover();
     let mut worst = 0.0f64;
     for _ in 0..30 {
-        h.event(egui::Event::MouseWheel { unit: egui::MouseWheelUnit::Page, delta: egui::vec2(0.0, -20.0), modifiers: egui::Modifiers::NONE, phase: egui::TouchPhase::Move, source: egui::MouseWheelSource::Unknown });
+        h.event(egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Page,
+            delta: egui::vec2(0.0, -20.0),
+            modifiers: egui::Modifiers::NONE,
+            phase: egui::TouchPhase::Move,
+            source: egui::MouseWheelSource::Unknown,
+        });
         let t0 = Instant::now();
         h.step();
         worst = worst.max(t0.elapsed().as_secs_f64() * 1e3);

@@ -26,27 +26,22 @@ pub struct Series {
 
 /// A line chart of several series; each is drawn raw (thin) and smoothed when `smoothing` > 0.
 pub fn lines(ui: &mut egui::Ui, id: &str, y_label: &str, series: &[Series], smoothing: f64, height: f32) {
-    Plot::new(id)
-        .legend(Legend::default())
-        .x_axis_label("step")
-        .y_axis_label(y_label)
-        .height(height)
-        .allow_scroll(false)
-        .show(ui, |p| {
-            for s in series.iter().filter(|s| !s.points.is_empty()) {
-                if smoothing > 0.0 && s.points.len() > 2 {
-                    p.line(Line::new(format!("{} (raw)", s.name), PlotPoints::new(s.points.clone())).width(1.0));
-                    p.line(Line::new(s.name.clone(), PlotPoints::new(smooth(&s.points, smoothing))).width(2.0));
-                } else {
-                    p.line(Line::new(s.name.clone(), PlotPoints::new(s.points.clone())).width(2.0));
-                }
+    Plot::new(id).legend(Legend::default()).x_axis_label("step").y_axis_label(y_label).height(height).allow_scroll(false).show(ui, |p| {
+        for s in series.iter().filter(|s| !s.points.is_empty()) {
+            if smoothing > 0.0 && s.points.len() > 2 {
+                p.line(Line::new(format!("{} (raw)", s.name), PlotPoints::new(s.points.clone())).width(1.0));
+                p.line(Line::new(s.name.clone(), PlotPoints::new(smooth(&s.points, smoothing))).width(2.0));
+            } else {
+                p.line(Line::new(s.name.clone(), PlotPoints::new(s.points.clone())).width(2.0));
             }
-        });
+        }
+    });
 }
 
 /// Bars for (low, high, count) bins, with an optional marker line (e.g. max_seq_len).
 pub fn histogram(ui: &mut egui::Ui, id: &str, bins: &[(usize, usize, usize)], marker: Option<f64>) {
-    let bars: Vec<Bar> = bins.iter().map(|&(lo, hi, n)| Bar::new((lo + hi) as f64 / 2.0, n as f64).width((hi - lo) as f64 * 0.95)).collect();
+    let bars: Vec<Bar> =
+        bins.iter().map(|&(lo, hi, n)| Bar::new((lo + hi) as f64 / 2.0, n as f64).width((hi - lo) as f64 * 0.95)).collect();
     Plot::new(id).x_axis_label("tokens").y_axis_label("examples").height(220.0).allow_scroll(false).show(ui, |p| {
         p.bar_chart(BarChart::new("examples", bars));
         if let Some(x) = marker {

@@ -1,12 +1,14 @@
 //! The workbench GUI (eframe/egui). Panels read the state kept here and send commands to the
-//! background threads in `worker.rs`; training jobs run on the engine's own job threads and
-//! report through their `JobEvent` channel. Nothing on the UI thread touches a tensor.
+//! background threads in `worker.rs`; training jobs run on the engine's `JobQueue` and report
+//! through its event channel. Nothing on the UI thread touches a tensor.
 
 pub mod charts;
 pub mod demo;
 pub mod fonts;
 pub mod i18n;
+mod menu;
 pub mod panels;
+mod status;
 pub mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -70,7 +72,16 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { workspace: None, dark: true, lang: Lang::En, annotator: "me".into(), models: Vec::new(), page: Page::Data, smoothing: 0.6, tree: None }
+        Self {
+            workspace: None,
+            dark: true,
+            lang: Lang::En,
+            annotator: "me".into(),
+            models: Vec::new(),
+            page: Page::Data,
+            smoothing: 0.6,
+            tree: None,
+        }
     }
 }
 
@@ -153,12 +164,6 @@ pub struct WorkbenchApp {
     memory: std::cell::Cell<(Option<Instant>, Option<f64>)>,
     tree: egui_tiles::Tree<Pane>,
 }
-
-const UNDO: egui::KeyboardShortcut = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::Z);
-const REDO: egui::KeyboardShortcut = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND.plus(egui::Modifiers::SHIFT), egui::Key::Z);
-const OPEN: egui::KeyboardShortcut = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::O);
-const IMPORT: egui::KeyboardShortcut = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::I);
-const HELP: egui::KeyboardShortcut = egui::KeyboardShortcut::new(egui::Modifiers::NONE, egui::Key::F1);
 
 fn default_tree() -> egui_tiles::Tree<Pane> {
     let mut tiles = egui_tiles::Tiles::default();
@@ -280,7 +285,13 @@ impl WorkbenchApp {
                 entry.remove(kind);
             }
         }
-        let cmd = DataCmd::SetLabel { dataset: d.info.dataset.clone(), record: record.to_string(), annotator: self.settings.annotator.clone(), kind: kind.to_string(), value };
+        let cmd = DataCmd::SetLabel {
+            dataset: d.info.dataset.clone(),
+            record: record.to_string(),
+            annotator: self.settings.annotator.clone(),
+            kind: kind.to_string(),
+            value,
+        };
         self.data(cmd);
     }
 
@@ -288,10 +299,10 @@ impl WorkbenchApp {
         match r {
             Reply::Workspace { root, name, datasets, default_model, opened } => {
                 self.settings.workspace = Some(root.clone());
-                if let Some(m) = default_model {
-                    if !self.settings.models.contains(&m) {
-                        self.settings.models.push(m);
-                    }
+                if let Some(m) = default_model
+                    && !self.settings.models.contains(&m)
+                {
+                    self.settings.models.push(m);
                 }
                 let first = datasets.first().map(|d| d.dataset.clone());
                 let keep = self.ds.as_ref().map(|d| d.info.dataset.clone()).filter(|n| datasets.iter().any(|d| &d.dataset == n));
@@ -347,7 +358,11 @@ impl WorkbenchApp {
                     let s = d.summaries.entry(record.clone()).or_default();
                     s.status = labels.get("status").and_then(|v| v.as_str()).map(str::to_string);
                     s.rating = labels.get("rating").and_then(|v| v.as_u64()).map(|r| r as u8);
-                    s.tags = labels.get("tags").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                    s.tags = labels
+                        .get("tags")
+                        .and_then(|v| v.as_array())
+                        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+                        .unwrap_or_default();
                     for t in s.tags.clone() {
                         if !d.tags.contains(&t) {
                             d.tags.push(t);
@@ -371,7 +386,7 @@ impl WorkbenchApp {
             Reply::Evals(l) => self.eval_ui.listings = l,
             Reply::Eval(r, votes, ratings, from_run) => {
                 let annotator = self.settings.annotator.clone();
-                self.eval_ui.queue = whetstone_engine::eval::suite::ab_queue(&r, &votes, &annotator, 0);
+                self.eval_ui.queue = whetstone_engine::eval::ab::ab_queue(&r, &votes, &annotator, 0);
                 self.eval_ui.cursor = 0;
                 if from_run {
                     self.eval_ui.running = false;
@@ -390,7 +405,13 @@ impl WorkbenchApp {
                 self.eval_ui.running = false;
                 self.error(e);
             }
-            Reply::Estimate(key, r) => self.train_ui.set_estimate(key, r),
+            Reply::Estimate(spec, r) => self.train_ui.set_estimate(&spec, r),
+            Reply::Devices(d) => self.train_ui.devices = Some(d),
+            Reply::Suites(s) => self.train_ui.suites = s,
+            Reply::JobFile(run, r) => match r {
+                Ok(spec) => panels::jobs::submit(self, *spec, Some(run)),
+                Err(e) => self.error(e),
+            },
             Reply::ModelInfo(p, r) => {
                 if let Err(e) = &r {
                     self.error(e.clone());
@@ -421,31 +442,6 @@ impl WorkbenchApp {
         }
     }
 
-    fn shortcuts(&mut self, ui: &mut egui::Ui) {
-        // Inside a text field, Ctrl+Z belongs to the text field.
-        let typing = ui.ctx().text_edit_focused();
-        if !typing && ui.input_mut(|i| i.consume_shortcut(&REDO)) {
-            self.redo();
-        }
-        if !typing && ui.input_mut(|i| i.consume_shortcut(&UNDO)) {
-            self.undo();
-        }
-        if ui.input_mut(|i| i.consume_shortcut(&HELP)) {
-            self.show_help = !self.show_help;
-        }
-        if ui.input_mut(|i| i.consume_shortcut(&OPEN)) {
-            self.pick_workspace();
-        }
-        if ui.input_mut(|i| i.consume_shortcut(&IMPORT)) {
-            self.pick_import();
-        }
-        for (n, key) in [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4, egui::Key::Num5, egui::Key::Num6].into_iter().enumerate() {
-            if ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, key)) {
-                self.go_to(Page::ALL[n]);
-            }
-        }
-    }
-
     /// Switch page, refreshing the lists that page shows.
     pub fn go_to(&mut self, p: Page) {
         self.settings.page = p;
@@ -455,85 +451,6 @@ impl WorkbenchApp {
         if p == Page::Evaluate {
             self.data(DataCmd::ListEvals);
         }
-    }
-
-    pub fn pick_workspace(&mut self) {
-        if let Some(p) = rfd::FileDialog::new().set_title("Open or create a workspace folder").pick_folder() {
-            if p.join("whetstone.toml").exists() {
-                self.data(DataCmd::Open(p));
-            } else {
-                self.data(DataCmd::Create(p));
-            }
-        }
-    }
-
-    pub fn pick_import(&mut self) {
-        if let Some(p) = rfd::FileDialog::new().add_filter("Data", &["csv", "tsv", "json", "jsonl", "parquet"]).set_title("Import a dataset").pick_file() {
-            self.data(DataCmd::Import { path: p, name: None });
-        }
-    }
-
-    fn menu(&mut self, ui: &mut egui::Ui) {
-        egui::MenuBar::new().ui(ui, |ui| {
-            ui.menu_button(t("File"), |ui| {
-                if ui.add(egui::Button::new(t("Open workspace…")).shortcut_text(ui.ctx().format_shortcut(&OPEN))).clicked() {
-                    ui.close();
-                    self.pick_workspace();
-                }
-                if ui.button(t("New workspace…")).clicked() {
-                    ui.close();
-                    self.pick_workspace();
-                }
-                if ui.add(egui::Button::new(t("Import dataset…")).shortcut_text(ui.ctx().format_shortcut(&IMPORT))).clicked() {
-                    ui.close();
-                    self.pick_import();
-                }
-                ui.separator();
-                if ui.button(t("Quit")).clicked() {
-                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
-                }
-            });
-            ui.menu_button(t("Edit"), |ui| {
-                if ui.add(egui::Button::new(t("Undo")).shortcut_text(ui.ctx().format_shortcut(&UNDO))).clicked() {
-                    ui.close();
-                    self.undo();
-                }
-                if ui.add(egui::Button::new(t("Redo")).shortcut_text(ui.ctx().format_shortcut(&REDO))).clicked() {
-                    ui.close();
-                    self.redo();
-                }
-            });
-            ui.menu_button(t("View"), |ui| {
-                if ui.radio(self.settings.dark, t("Dark theme")).clicked() {
-                    self.settings.dark = true;
-                    ui.ctx().set_theme(egui::Theme::Dark);
-                }
-                if ui.radio(!self.settings.dark, t("Light theme")).clicked() {
-                    self.settings.dark = false;
-                    ui.ctx().set_theme(egui::Theme::Light);
-                }
-                ui.separator();
-                if ui.radio(self.settings.lang == Lang::En, "English").clicked() {
-                    self.settings.lang = Lang::En;
-                    i18n::set_lang(Lang::En);
-                }
-                if ui.radio(self.settings.lang == Lang::Zh, "简体中文").clicked() {
-                    self.settings.lang = Lang::Zh;
-                    i18n::set_lang(Lang::Zh);
-                }
-                ui.separator();
-                if ui.button(t("Reset layout")).clicked() {
-                    self.tree = default_tree();
-                    ui.close();
-                }
-            });
-            ui.menu_button(t("Help"), |ui| {
-                if ui.add(egui::Button::new(t("Keyboard shortcuts")).shortcut_text("F1")).clicked() {
-                    self.show_help = true;
-                    ui.close();
-                }
-            });
-        });
     }
 
     fn navigator(&mut self, ui: &mut egui::Ui) {
@@ -555,88 +472,20 @@ impl WorkbenchApp {
         }
         ui.separator();
         ui.label(t("Datasets"));
-        let names: Vec<(String, u32, usize)> = self.ws.as_ref().map(|w| w.datasets.iter().map(|d| (d.dataset.clone(), d.version, d.rows)).collect()).unwrap_or_default();
+        let names: Vec<(String, u32, usize)> =
+            self.ws.as_ref().map(|w| w.datasets.iter().map(|d| (d.dataset.clone(), d.version, d.rows)).collect()).unwrap_or_default();
         let current = self.dataset_name();
         egui::ScrollArea::vertical().id_salt("nav_datasets").show(ui, |ui| {
             for (n, v, rows) in names {
-                let r = ui.add(egui::Button::selectable(current.as_deref() == Some(&n), format!("{n}  v{v}")).min_size(egui::vec2(ui.available_width(), 22.0)));
+                let r = ui.add(
+                    egui::Button::selectable(current.as_deref() == Some(&n), format!("{n}  v{v}"))
+                        .min_size(egui::vec2(ui.available_width(), 22.0)),
+                );
                 if r.on_hover_text(format!("{rows} rows")).clicked() {
                     self.open_dataset(&n);
                 }
             }
         });
-    }
-
-    fn memory_mb(&self) -> Option<f64> {
-        let (at, mb) = self.memory.get();
-        if at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return mb;
-        }
-        let mb = resident_mb();
-        self.memory.set((Some(Instant::now()), mb));
-        mb
-    }
-
-    fn status_bar(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
-            ui.label(t("Device: CPU"));
-            if let Some(mb) = self.memory_mb() {
-                ui.separator();
-                ui.label(format!("Memory: {mb:.0} MB"));
-            }
-            ui.separator();
-            if let Some(j) = &self.train_ui.current {
-                let (done, total) = (j.steps.last().map_or(0, |s| s.step), j.total_steps.max(1));
-                let eta = panels::train::eta(j);
-                ui.add(egui::ProgressBar::new(done as f32 / total as f32).desired_width(180.0).text(format!("{} {done}/{total}", j.method)));
-                ui.label(eta);
-            }
-            for b in self.busy.values() {
-                let secs = b.since.elapsed().as_secs();
-                if b.total > 0 {
-                    ui.add(egui::ProgressBar::new(b.done as f32 / b.total as f32).desired_width(180.0).text(format!("{} {}/{}", b.what, b.done, b.total)));
-                    if b.done > 0 {
-                        let left = b.since.elapsed().as_secs_f64() / b.done as f64 * (b.total - b.done) as f64;
-                        ui.label(format!("ETA {}", panels::train::fmt_secs(left)));
-                    }
-                } else {
-                    ui.label(format!("{}… {secs} s", b.what));
-                }
-            }
-            if self.train_ui.current.is_none() && self.busy.is_empty() {
-                ui.weak(t("Ready"));
-            }
-            if let Some(l) = self.log.last() {
-                ui.separator();
-                let text = if l.error { egui::RichText::new(&l.text).color(ui.visuals().error_fg_color) } else { egui::RichText::new(&l.text) };
-                ui.add(egui::Label::new(text).truncate());
-            }
-        });
-    }
-
-    fn help_window(&mut self, ui: &mut egui::Ui) {
-        let mut open = self.show_help;
-        egui::Window::new(t("Keyboard shortcuts")).open(&mut open).resizable(false).collapsible(false).show(ui.ctx(), |ui| {
-            egui::Grid::new("shortcuts").num_columns(2).striped(true).show(ui, |ui| {
-                for (k, what) in [
-                    ("Ctrl+O", "Open or create a workspace"),
-                    ("Ctrl+I", "Import a dataset (or drop files on the window)"),
-                    ("Ctrl+Z / Ctrl+Shift+Z", "Undo / redo the last label"),
-                    ("Ctrl+1 … Ctrl+6", "Data, Label, Models, Train, Runs, Evaluate"),
-                    ("F1", "This list"),
-                    ("Label page: A / R / F", "Accept / reject / flag"),
-                    ("Label page: 1 … 5", "Rate"),
-                    ("Label page: E", "Edit the response"),
-                    ("Label page: J / K or arrows", "Next / previous record"),
-                    ("Pairs and blind A/B: A / B / T / X", "A better / B better / tie / both bad"),
-                ] {
-                    ui.monospace(k);
-                    ui.label(what);
-                    ui.end_row();
-                }
-            });
-        });
-        self.show_help = open;
     }
 
     fn activity(&mut self, ui: &mut egui::Ui) {
@@ -690,20 +539,13 @@ impl egui_tiles::Behavior<Pane> for TreeBehavior<'_> {
     }
 }
 
-/// Resident memory of this process (Linux), for the status bar.
-fn resident_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: f64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096.0 / 1e6)
-}
-
 impl eframe::App for WorkbenchApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let started = Instant::now();
         while let Ok(r) = self.workers.replies.try_recv() {
             self.handle_reply(r);
         }
-        panels::train::poll_jobs(self);
+        panels::jobs::poll_jobs(self);
         let dropped: Vec<PathBuf> = ui.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
         for p in dropped {
             self.data(DataCmd::Import { path: p, name: None });
@@ -721,13 +563,15 @@ impl eframe::App for WorkbenchApp {
         if self.show_help {
             self.help_window(ui);
         }
-        if let Some(mut m) = self.data_ui.mapping.take() {
-            if panels::data::mapping_dialog(self, ui, &mut m) {
-                self.data_ui.mapping = Some(m);
-            }
+        if let Some(mut m) = self.data_ui.mapping.take()
+            && panels::data::mapping_dialog(self, ui, &mut m)
+        {
+            self.data_ui.mapping = Some(m);
         }
         let job_running = self.train_ui.current.as_ref().is_some_and(|j| j.is_running());
-        if job_running || !self.busy.is_empty() || self.models_ui.generating.is_some() || self.eval_ui.running {
+        // Queue events arrive without a repaint request: look for them while jobs are queued.
+        let queued = self.train_ui.queue.running().is_some() || !self.train_ui.submitted.is_empty();
+        if job_running || queued || !self.busy.is_empty() || self.models_ui.generating.is_some() || self.eval_ui.running {
             ui.ctx().request_repaint_after(Duration::from_millis(100));
         }
         let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -747,9 +591,8 @@ impl eframe::App for WorkbenchApp {
 
 impl Drop for WorkbenchApp {
     fn drop(&mut self) {
-        if let Some(j) = &self.train_ui.current {
-            j.handle.cancel();
-        }
+        // The queue's worker stops at the running job's next step (after a checkpoint).
+        self.train_ui.queue.cancel_all();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The GUI's two background threads. Panels send `DataCmd`s (workspace, datasets, labels,
-//! curation) and `ModelCmd`s (load, generate, draft); the threads call the engine and answer
-//! with `Reply`s, then ask egui to repaint. Nothing here runs on the UI thread.
+//! curation, runs and suites, job files to resume) and `ModelCmd`s (load, generate, draft,
+//! evaluate, memory estimates, the device list); the threads call the engine and answer with
+//! `Reply`s, then ask egui to repaint. Nothing here runs on the UI thread.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,73 +14,168 @@ use serde_json::Value;
 use whetstone_engine::data::curate::{self, DupGroup, LabelSummary, PiiHit, Query, SplitFractions, TokenStats};
 use whetstone_engine::data::labels::AuditEntry;
 use whetstone_engine::data::{Table, VersionInfo, Workspace};
+use whetstone_engine::device::DeviceInfo;
+use whetstone_engine::eval::ab::{Vote, vote_ratings};
 use whetstone_engine::eval::ratings::Ratings;
-use whetstone_engine::eval::suite::{EvalListing, EvalResult, SuiteSpec, Vote, vote_ratings};
+use whetstone_engine::eval::score::EvalResult;
+use whetstone_engine::eval::spec::SuiteSpec;
+use whetstone_engine::eval::store::EvalListing;
 use whetstone_engine::generate::{GenerateOptions, generate};
 use whetstone_engine::model::{LoadedModel, ModelInfo};
-use whetstone_engine::train::job::{EvalRecord, JobEvent, StepRecord, read_metrics};
+use whetstone_engine::runs::{EvalRecord, JobEvent, StepRecord, read_metrics};
+use whetstone_engine::train::JobSpec;
 
 pub enum DataCmd {
     Open(PathBuf),
     /// Create a workspace filled with the demo data and model (first start).
     CreateDemo(PathBuf),
     Create(PathBuf),
-    Import { path: PathBuf, name: Option<String> },
-    Remap { dataset: String, map: Vec<(String, String)> },
-    Load { dataset: String, version: Option<u32> },
-    Query { query: Query },
-    SetLabel { dataset: String, record: String, annotator: String, kind: String, value: Option<Value> },
-    Undo { dataset: String, annotator: String },
-    Redo { dataset: String, annotator: String },
-    Split { dataset: String, fractions: SplitFractions, seed: u64, stratify: Option<String> },
-    FindDuplicates { dataset: String, threshold: f64 },
-    DropRows { dataset: String, rows: Vec<usize>, operation: String },
-    ScanPii { dataset: String },
-    RedactPii { dataset: String },
-    TokenStats { dataset: String, model: PathBuf, max_seq_len: usize },
-    CommitLabels { dataset: String },
-    CommitPreferences { dataset: String, annotator: String },
-    PairQueue { dataset: String, annotator: String },
-    Export { dataset: String, out: PathBuf, shape: String },
+    Import {
+        path: PathBuf,
+        name: Option<String>,
+    },
+    Remap {
+        dataset: String,
+        map: Vec<(String, String)>,
+    },
+    Load {
+        dataset: String,
+        version: Option<u32>,
+    },
+    Query {
+        query: Query,
+    },
+    SetLabel {
+        dataset: String,
+        record: String,
+        annotator: String,
+        kind: String,
+        value: Option<Value>,
+    },
+    Undo {
+        dataset: String,
+        annotator: String,
+    },
+    Redo {
+        dataset: String,
+        annotator: String,
+    },
+    Split {
+        dataset: String,
+        fractions: SplitFractions,
+        seed: u64,
+        stratify: Option<String>,
+    },
+    FindDuplicates {
+        dataset: String,
+        threshold: f64,
+    },
+    DropRows {
+        dataset: String,
+        rows: Vec<usize>,
+        operation: String,
+    },
+    ScanPii {
+        dataset: String,
+    },
+    RedactPii {
+        dataset: String,
+    },
+    TokenStats {
+        dataset: String,
+        model: PathBuf,
+        max_seq_len: usize,
+    },
+    CommitLabels {
+        dataset: String,
+    },
+    CommitPreferences {
+        dataset: String,
+        annotator: String,
+    },
+    PairQueue {
+        dataset: String,
+        annotator: String,
+    },
+    Export {
+        dataset: String,
+        out: PathBuf,
+        shape: String,
+    },
+    /// The runs (and the saved evaluation suites) of the workspace.
     ListRuns,
-    ExportRun { run: PathBuf, out: PathBuf, merge: bool },
+    /// Read `<run>/job.toml` to resume the run.
+    ReadJob(PathBuf),
+    ExportRun {
+        run: PathBuf,
+        out: PathBuf,
+        merge: bool,
+    },
     ListEvals,
-    LoadEval { id: String },
-    Vote { eval_id: String, item: String, model_a: String, model_b: String, verdict: String, annotator: String },
-    UndoVote { eval_id: String, annotator: String },
-    VotesToPreferences { eval_id: String },
-    EvalReport { id: String, out: PathBuf },
-    SaveSuite { spec: Box<SuiteSpec>, path: PathBuf },
+    LoadEval {
+        id: String,
+    },
+    Vote {
+        eval_id: String,
+        item: String,
+        model_a: String,
+        model_b: String,
+        verdict: String,
+        annotator: String,
+    },
+    UndoVote {
+        eval_id: String,
+        annotator: String,
+    },
+    VotesToPreferences {
+        eval_id: String,
+    },
+    EvalReport {
+        id: String,
+        out: PathBuf,
+    },
+    SaveSuite {
+        spec: Box<SuiteSpec>,
+        path: PathBuf,
+    },
 }
 
 pub enum ModelCmd {
     Info(PathBuf),
-    Generate { model: PathBuf, prompt: String, opts: GenerateOptions, cancel: Arc<AtomicBool> },
-    Draft { workspace: PathBuf, dataset: String, model: PathBuf, k: usize, limit: Option<usize>, opts: GenerateOptions },
-    RunEval { spec: Box<SuiteSpec>, workspace: PathBuf },
-    Estimate(EstimateKey),
+    Generate {
+        model: PathBuf,
+        prompt: String,
+        opts: GenerateOptions,
+        cancel: Arc<AtomicBool>,
+    },
+    Draft {
+        workspace: PathBuf,
+        dataset: String,
+        model: PathBuf,
+        k: usize,
+        limit: Option<usize>,
+        opts: GenerateOptions,
+    },
+    RunEval {
+        spec: Box<SuiteSpec>,
+        workspace: PathBuf,
+    },
+    /// The engine's memory estimate of a Train form draft.
+    Estimate(Box<JobSpec>),
+    /// The devices this build can use (enumerating wgpu adapters is slow).
+    ListDevices,
 }
 
-/// What a memory estimate depends on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EstimateKey {
-    pub model: PathBuf,
-    pub lora_rank: Option<usize>,
-    pub batch: usize,
-    pub seq: usize,
+/// `train::preflight::estimate` of a draft (what the runner checks), and the model's size.
+fn estimate(spec: &JobSpec) -> Result<(String, usize)> {
+    let cfg = whetstone_engine::runs::base_config(&spec.model)?;
+    let m = whetstone_engine::train::preflight::estimate(spec, &cfg)?;
+    Ok((format!("{} ({})", fmt_bytes(m.total_bytes), m.describe()), cfg.num_params()))
 }
 
-fn estimate(k: &EstimateKey) -> Result<(String, usize)> {
-    let cfg = whetstone_engine::model::read_config(&k.model)?;
-    let trainable = match k.lora_rank {
-        Some(rank) => {
-            let l = whetstone_engine::model::lora::LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() };
-            whetstone_engine::train::memory::lora_params(&cfg, &l)?
-        }
-        None => cfg.num_params(),
-    };
-    let m = whetstone_engine::train::memory::MemoryEstimate::training(&cfg, trainable, k.batch, k.seq);
-    Ok((m.describe(), cfg.num_params()))
+/// Bytes as the engine's `MemoryEstimate::describe` writes them.
+pub fn fmt_bytes(b: usize) -> String {
+    if b >= 1_000_000_000 { format!("{:.2} GB", b as f64 / 1e9) } else { format!("{:.0} MB", b as f64 / 1e6) }
 }
 
 /// A pair waiting for a verdict, with its texts.
@@ -107,15 +203,37 @@ pub struct RunSummary {
 
 pub enum Reply {
     /// `opened`: the workspace was just opened or created (not merely changed).
-    Workspace { root: PathBuf, name: String, datasets: Vec<VersionInfo>, default_model: Option<PathBuf>, opened: bool },
-    /// Memory estimate (and parameter count) for a training form's settings.
-    Estimate(EstimateKey, Result<(String, usize), String>),
-    Dataset { info: VersionInfo, versions: Vec<VersionInfo>, table: Arc<Table>, ids: Vec<String>, labels: HashMap<String, BTreeMap<String, Value>>, summaries: HashMap<String, LabelSummary>, tags: Vec<String> },
+    Workspace {
+        root: PathBuf,
+        name: String,
+        datasets: Vec<VersionInfo>,
+        default_model: Option<PathBuf>,
+        opened: bool,
+    },
+    /// Memory estimate (and parameter count) of the Train form's draft.
+    Estimate(Box<JobSpec>, Result<(String, usize), String>),
+    Devices(Vec<DeviceInfo>),
+    /// `<workspace>/suites/*.toml` (answered with the runs list).
+    Suites(Vec<PathBuf>),
+    /// A run's job file, read to resume it.
+    JobFile(PathBuf, Result<Box<JobSpec>, String>),
+    Dataset {
+        info: VersionInfo,
+        versions: Vec<VersionInfo>,
+        table: Arc<Table>,
+        ids: Vec<String>,
+        labels: HashMap<String, BTreeMap<String, Value>>,
+        summaries: HashMap<String, LabelSummary>,
+        tags: Vec<String>,
+    },
     /// The workspace's dataset list changed (import, new version).
     Datasets(Vec<VersionInfo>),
     Imported(VersionInfo),
     Rows(Vec<usize>),
-    RecordLabels { record: String, labels: BTreeMap<String, Value> },
+    RecordLabels {
+        record: String,
+        labels: BTreeMap<String, Value>,
+    },
     Journal(Option<AuditEntry>),
     Duplicates(Vec<DupGroup>),
     Pii(Vec<PiiHit>),
@@ -132,7 +250,12 @@ pub enum Reply {
     ChatDelta(String),
     ChatDone(Result<String, String>),
     /// Long work on one of the two threads (each has its own indicator).
-    Progress { source: Source, what: String, done: usize, total: usize },
+    Progress {
+        source: Source,
+        what: String,
+        done: usize,
+        total: usize,
+    },
     ProgressDone(Source),
     Info(String),
     Error(String),
@@ -201,7 +324,13 @@ fn send_workspace(st: &mut DataState, out: &Out) -> Result<()> {
 fn workspace_reply(st: &mut DataState, out: &Out, opened: bool) -> Result<()> {
     let w = ws(st)?;
     let default_model = w.config.default_model.clone().filter(|m| m.exists());
-    out.send(Reply::Workspace { root: w.root().to_path_buf(), name: w.config.name.clone(), datasets: w.datasets()?, default_model, opened });
+    out.send(Reply::Workspace {
+        root: w.root().to_path_buf(),
+        name: w.config.name.clone(),
+        datasets: w.datasets()?,
+        default_model,
+        opened,
+    });
     Ok(())
 }
 
@@ -326,7 +455,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
         }
         DataCmd::TokenStats { dataset, model, max_seq_len } => {
             progress(out, "Counting tokens");
-            let tok = whetstone_engine::text::tokenizer::Tokenizer::load(&model)?;
+            let tok = whetstone_engine::runs::tokenizer(&model)?;
             let (v, t) = ws(st)?.load(&dataset, None)?;
             let s = curate::token_stats(&t, &v.roles, &tok, max_seq_len, 24)?;
             out.send(Reply::ProgressDone(Source::Data));
@@ -369,8 +498,13 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
             out.send(Reply::Info(format!("Wrote {n} rows to {}", path.display())));
         }
         DataCmd::ListRuns => {
-            let root = ws(st)?.root().join("runs");
-            out.send(Reply::Runs(list_runs(&root)?));
+            let root = ws(st)?.root().to_path_buf();
+            out.send(Reply::Runs(list_runs(&root.join("runs"))?));
+            out.send(Reply::Suites(list_suites(&root)));
+        }
+        DataCmd::ReadJob(run) => {
+            let r = JobSpec::from_file(&run.join("job.toml")).map(Box::new).map_err(|e| format!("{e:#}"));
+            out.send(Reply::JobFile(run, r));
         }
         DataCmd::ListEvals => out.send(Reply::Evals(ws(st)?.evals()?)),
         DataCmd::LoadEval { id } => {
@@ -398,6 +532,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
         DataCmd::SaveSuite { spec, path } => {
             whetstone_engine::io::atomic_write(&path, toml::to_string_pretty(&*spec)?.as_bytes())?;
             out.send(Reply::Info(format!("Saved {}; Train → Advanced can score it during SFT", path.display())));
+            out.send(Reply::Suites(list_suites(ws(st)?.root())));
         }
         DataCmd::EvalReport { id, out: path } => {
             let w = ws(st)?;
@@ -408,7 +543,7 @@ fn handle_data(st: &mut DataState, cmd: DataCmd, out: &Out) -> Result<()> {
         }
         DataCmd::ExportRun { run, out: dir, merge } => {
             progress(out, "Exporting the model");
-            let kind = whetstone_engine::train::job::export_run(&run, &dir, merge, whetstone_engine::io::safetensors::SaveDtype::F32)?;
+            let kind = whetstone_engine::runs::export::export_run(&run, &dir, merge, whetstone_engine::io::safetensors::SaveDtype::F32)?;
             out.send(Reply::ProgressDone(Source::Data));
             out.send(Reply::Info(format!("Exported {kind:?} to {}", dir.display())));
         }
@@ -424,6 +559,15 @@ fn send_votes(w: &Workspace, eval_id: &str, out: &Out) -> Result<()> {
     Ok(())
 }
 
+/// The evaluation suites saved in a workspace (`suites/*.toml`), sorted.
+pub fn list_suites(workspace: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(workspace.join("suites"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 /// Every run folder under `root` with its card, job file and metrics.
 pub fn list_runs(root: &std::path::Path) -> Result<Vec<RunSummary>> {
     let mut out = Vec::new();
@@ -431,7 +575,8 @@ pub fn list_runs(root: &std::path::Path) -> Result<Vec<RunSummary>> {
     let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("job.toml").exists()).collect();
     dirs.sort();
     for dir in dirs {
-        let card: Value = std::fs::read_to_string(dir.join("run.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+        let card: Value =
+            std::fs::read_to_string(dir.join("run.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
         let events = read_metrics(&dir).unwrap_or_default();
         let mut steps = Vec::new();
         let mut evals = Vec::new();
@@ -491,14 +636,15 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
                 })();
                 out.send(Reply::ChatDone(r.map_err(|e| format!("{e:#}"))));
             }
-            ModelCmd::Estimate(k) => {
-                let r = estimate(&k).map_err(|e| format!("{e:#}"));
-                out.send(Reply::Estimate(k, r));
+            ModelCmd::Estimate(spec) => {
+                let r = estimate(&spec).map_err(|e| format!("{e:#}"));
+                out.send(Reply::Estimate(spec, r));
             }
+            ModelCmd::ListDevices => out.send(Reply::Devices(whetstone_engine::device::list_devices())),
             ModelCmd::RunEval { spec, workspace } => {
                 let r = (|| -> Result<(EvalResult, Vec<Vote>)> {
                     let o = out.clone();
-                    let r = whetstone_engine::eval::suite::run_suite(&spec, &device, &mut |done, total| {
+                    let r = whetstone_engine::eval::score::run_suite(&spec, &device, &mut |done, total| {
                         o.send(Reply::Progress { source: Source::Model, what: "Evaluating".into(), done, total });
                         true
                     })?;
@@ -522,10 +668,19 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
                     let mut ws = Workspace::open(&workspace)?;
                     let m = &cache[&model];
                     let o = out.clone();
-                    whetstone_engine::data::labels::draft_candidates(&mut ws, &dataset, m, &model.display().to_string(), k, &opts, limit, &mut |done, total| {
-                        o.send(Reply::Progress { source: Source::Model, what: "Drafting answers".into(), done, total });
-                        true
-                    })
+                    whetstone_engine::data::draft::draft_candidates(
+                        &mut ws,
+                        &dataset,
+                        m,
+                        &model.display().to_string(),
+                        k,
+                        &opts,
+                        limit,
+                        &mut |done, total| {
+                            o.send(Reply::Progress { source: Source::Model, what: "Drafting answers".into(), done, total });
+                            true
+                        },
+                    )
                 })();
                 out.send(Reply::ProgressDone(Source::Model));
                 match r {

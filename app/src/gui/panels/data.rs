@@ -4,13 +4,13 @@
 
 use egui_extras::{Column, TableBuilder};
 use serde_json::Value;
+use whetstone_engine::data::VersionInfo;
 use whetstone_engine::data::curate::{DupGroup, PiiHit, Query, SplitFractions, TokenStats};
 use whetstone_engine::data::import::ROLE_NAMES;
-use whetstone_engine::data::VersionInfo;
 
+use crate::gui::WorkbenchApp;
 use crate::gui::i18n::t;
 use crate::gui::worker::DataCmd;
-use crate::gui::WorkbenchApp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataTab {
@@ -92,12 +92,14 @@ pub fn mapping_dialog(app: &mut WorkbenchApp, ui: &mut egui::Ui, m: &mut Mapping
         egui::Grid::new("roles_grid").num_columns(2).show(ui, |ui| {
             for (role, col) in m.roles.iter_mut() {
                 ui.label(role.as_str());
-                egui::ComboBox::from_label(format!("column for {role}")).selected_text(col.clone().unwrap_or_else(|| "(none)".into())).show_ui(ui, |ui| {
-                    ui.selectable_value(col, None, "(none)");
-                    for c in &m.columns {
-                        ui.selectable_value(col, Some(c.clone()), c.as_str());
-                    }
-                });
+                egui::ComboBox::from_label(format!("column for {role}"))
+                    .selected_text(col.clone().unwrap_or_else(|| "(none)".into()))
+                    .show_ui(ui, |ui| {
+                        ui.selectable_value(col, None, "(none)");
+                        for c in &m.columns {
+                            ui.selectable_value(col, Some(c.clone()), c.as_str());
+                        }
+                    });
                 ui.end_row();
             }
         });
@@ -127,7 +129,10 @@ pub fn mapping_dialog(app: &mut WorkbenchApp, ui: &mut egui::Ui, m: &mut Mapping
 pub fn bubble(ui: &mut egui::Ui, role: &str, text: &str) {
     let assistant = role == "assistant";
     let fill = if assistant { ui.visuals().faint_bg_color } else { ui.visuals().extreme_bg_color };
-    let stroke = egui::Stroke::new(1.0, if assistant { ui.visuals().selection.bg_fill } else { ui.visuals().widgets.noninteractive.bg_stroke.color });
+    let stroke = egui::Stroke::new(
+        1.0,
+        if assistant { ui.visuals().selection.bg_fill } else { ui.visuals().widgets.noninteractive.bg_stroke.color },
+    );
     ui.small(role);
     egui::Frame::new().fill(fill).stroke(stroke).corner_radius(8.0).inner_margin(8.0).show(ui, |ui| {
         ui.set_width(ui.available_width());
@@ -139,26 +144,26 @@ pub fn bubble(ui: &mut egui::Ui, role: &str, text: &str) {
 /// The chat turns of a row, from its messages column or prompt/response columns.
 pub fn turns(d: &crate::gui::DatasetView, row: usize) -> Vec<(String, String)> {
     let r = &d.info.roles;
-    if let Some(m) = &r.messages {
-        if let Ok(v) = d.table.value(row, m) {
-            let v = match v {
-                Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::Null),
-                v => v,
-            };
-            if let Value::Array(items) = v {
-                return items
-                    .iter()
-                    .map(|m| {
-                        let role = m.get("role").or_else(|| m.get("from")).and_then(Value::as_str).unwrap_or("user");
-                        let role = match role {
-                            "human" => "user",
-                            "gpt" => "assistant",
-                            r => r,
-                        };
-                        (role.to_string(), m.get("content").or_else(|| m.get("value")).and_then(Value::as_str).unwrap_or("").to_string())
-                    })
-                    .collect();
-            }
+    if let Some(m) = &r.messages
+        && let Ok(v) = d.table.value(row, m)
+    {
+        let v = match v {
+            Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::Null),
+            v => v,
+        };
+        if let Value::Array(items) = v {
+            return items
+                .iter()
+                .map(|m| {
+                    let role = m.get("role").or_else(|| m.get("from")).and_then(Value::as_str).unwrap_or("user");
+                    let role = match role {
+                        "human" => "user",
+                        "gpt" => "assistant",
+                        r => r,
+                    };
+                    (role.to_string(), m.get("content").or_else(|| m.get("value")).and_then(Value::as_str).unwrap_or("").to_string())
+                })
+                .collect();
         }
     }
     let mut out = Vec::new();
@@ -209,7 +214,13 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     // Import row.
     ui.horizontal(|ui| {
         let l = ui.label(t("File to import"));
-        let r = ui.add(egui::TextEdit::singleline(&mut app.data_ui.import_path).hint_text(t("CSV, TSV, JSON, JSONL or Parquet; or drop files on the window")).desired_width(360.0)).labelled_by(l.id);
+        let r = ui
+            .add(
+                egui::TextEdit::singleline(&mut app.data_ui.import_path)
+                    .hint_text(t("CSV, TSV, JSON, JSONL or Parquet; or drop files on the window"))
+                    .desired_width(360.0),
+            )
+            .labelled_by(l.id);
         let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         if (ui.button(t("Import")).clicked() || enter) && !app.data_ui.import_path.trim().is_empty() {
             let p = std::path::PathBuf::from(app.data_ui.import_path.trim());
@@ -240,10 +251,10 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         }
         ui.label(format!("{rows} rows"));
         ui.weak(roles.iter().map(|(r, c)| format!("{r}={c}")).collect::<Vec<_>>().join("  "));
-        if ui.button(t("Roles…")).clicked() {
-            if let Some(d) = &app.ds {
-                app.data_ui.mapping = Some(MappingDialog::new(&d.info));
-            }
+        if ui.button(t("Roles…")).clicked()
+            && let Some(d) = &app.ds
+        {
+            app.data_ui.mapping = Some(MappingDialog::new(&d.info));
         }
     });
     ui.horizontal(|ui| {
@@ -374,11 +385,11 @@ fn rows_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             });
         });
     });
-    if let Some(r) = clicked {
-        if let Some(d) = app.ds.as_mut() {
-            d.selected = Some(r);
-            app.label_ui.cursor = d.rows.iter().position(|&x| x == r).unwrap_or(0);
-        }
+    if let Some(r) = clicked
+        && let Some(d) = app.ds.as_mut()
+    {
+        d.selected = Some(r);
+        app.label_ui.cursor = d.rows.iter().position(|&x| x == r).unwrap_or(0);
     }
 }
 
@@ -444,7 +455,8 @@ fn pii_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             }
             let mut job = egui::text::LayoutJob::default();
             let normal = egui::TextFormat { color: ui.visuals().text_color(), ..Default::default() };
-            let marked = egui::TextFormat { background: egui::Color32::from_rgb(150, 60, 40), color: egui::Color32::WHITE, ..Default::default() };
+            let marked =
+                egui::TextFormat { background: egui::Color32::from_rgb(150, 60, 40), color: egui::Color32::WHITE, ..Default::default() };
             job.append(&format!("[{}] {:?} in {}: ", h.id, h.kind, h.column), 0.0, normal.clone());
             job.append(&cell[..h.start], 0.0, normal.clone());
             job.append(&cell[h.start..h.end], 0.0, marked);
@@ -469,10 +481,10 @@ fn tokens_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 }
             });
         ui.add(egui::DragValue::new(&mut app.data_ui.max_seq_len).range(8..=131072).prefix(t("max_seq_len ")));
-        if ui.button(t("Count tokens")).clicked() {
-            if let Some(m) = app.data_ui.token_model.clone() {
-                app.data(DataCmd::TokenStats { dataset: name.clone(), model: m, max_seq_len: app.data_ui.max_seq_len });
-            }
+        if ui.button(t("Count tokens")).clicked()
+            && let Some(m) = app.data_ui.token_model.clone()
+        {
+            app.data(DataCmd::TokenStats { dataset: name.clone(), model: m, max_seq_len: app.data_ui.max_seq_len });
         }
     });
     let Some(s) = &app.data_ui.token_stats else { return };
@@ -502,12 +514,14 @@ fn split_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.add(egui::DragValue::new(&mut u.split[2]).range(0.0..=1.0).speed(0.01).prefix(t("test ")));
         ui.add(egui::DragValue::new(&mut u.seed).prefix(t("seed ")));
     });
-    egui::ComboBox::from_label(t("Keep proportions of")).selected_text(if u.stratify.is_empty() { "(nothing)".to_string() } else { u.stratify.clone() }).show_ui(ui, |ui| {
-        ui.selectable_value(&mut u.stratify, String::new(), "(nothing)");
-        for c in &cols {
-            ui.selectable_value(&mut u.stratify, c.clone(), c.as_str());
-        }
-    });
+    egui::ComboBox::from_label(t("Keep proportions of"))
+        .selected_text(if u.stratify.is_empty() { "(nothing)".to_string() } else { u.stratify.clone() })
+        .show_ui(ui, |ui| {
+            ui.selectable_value(&mut u.stratify, String::new(), "(nothing)");
+            for c in &cols {
+                ui.selectable_value(&mut u.stratify, c.clone(), c.as_str());
+            }
+        });
     let f = SplitFractions { train: u.split[0], validation: u.split[1], test: u.split[2] };
     let sum = f.train + f.validation + f.test;
     if (sum - 1.0).abs() > 1e-6 {
@@ -525,11 +539,12 @@ fn export_tab(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let u = &mut app.data_ui;
     ui.horizontal(|ui| {
         let l = ui.label(t("Export to"));
-        ui.add(egui::TextEdit::singleline(&mut u.export_path).hint_text(t("out.jsonl, out.parquet or out.csv")).desired_width(320.0)).labelled_by(l.id);
-        if ui.button(t("Browse…")).clicked() {
-            if let Some(p) = rfd::FileDialog::new().set_file_name(format!("{name}.jsonl")).save_file() {
-                u.export_path = p.display().to_string();
-            }
+        ui.add(egui::TextEdit::singleline(&mut u.export_path).hint_text(t("out.jsonl, out.parquet or out.csv")).desired_width(320.0))
+            .labelled_by(l.id);
+        if ui.button(t("Browse…")).clicked()
+            && let Some(p) = rfd::FileDialog::new().set_file_name(format!("{name}.jsonl")).save_file()
+        {
+            u.export_path = p.display().to_string();
         }
     });
     egui::ComboBox::from_label(t("Shape")).selected_text(u.export_shape.clone()).show_ui(ui, |ui| {

@@ -6,17 +6,20 @@
 use std::path::PathBuf;
 
 use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints};
+use whetstone_engine::data::DatasetSpec;
+use whetstone_engine::eval::ab::Vote;
 use whetstone_engine::eval::diff::{Op, word_diff};
 use whetstone_engine::eval::metrics::Normalise;
 use whetstone_engine::eval::ratings::Ratings;
-use whetstone_engine::eval::suite::{EvalListing, EvalResult, GenSpec, MetricSpec, ModelRef, SuiteSpec, Vote, default_rubric};
-use whetstone_engine::train::job::DatasetSpec;
+use whetstone_engine::eval::score::EvalResult;
+use whetstone_engine::eval::spec::{GenSpec, MetricSpec, ModelRef, SuiteSpec, default_rubric};
+use whetstone_engine::eval::store::EvalListing;
 
+use crate::gui::WorkbenchApp;
 use crate::gui::charts::{Series, lines};
 use crate::gui::i18n::t;
 use crate::gui::panels::data::{bubble, short_path};
 use crate::gui::worker::{DataCmd, ModelCmd};
-use crate::gui::WorkbenchApp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EvalTab {
@@ -118,7 +121,9 @@ pub fn suite_spec(u: &EvalUi, workspace: &std::path::Path) -> Result<SuiteSpec, 
         metrics.push(MetricSpec::Contains { case_insensitive: true });
     }
     if u.regex {
-        metrics.push(MetricSpec::Regex { pattern: u.pattern.clone() });
+        let pattern = whetstone_engine::text::matching::Pattern::new(&u.pattern)
+            .map_err(|e| format!("The pattern is not a valid regular expression: {e}"))?;
+        metrics.push(MetricSpec::Regex { pattern });
     }
     if u.numeric {
         metrics.push(MetricSpec::Numeric { tolerance: u.tolerance, relative: false });
@@ -136,7 +141,11 @@ pub fn suite_spec(u: &EvalUi, workspace: &std::path::Path) -> Result<SuiteSpec, 
         metrics.push(MetricSpec::RewardModel { run: u.reward_run.clone().ok_or("Choose a reward-model run.")? });
     }
     if u.judge {
-        metrics.push(MetricSpec::Judge { model: u.judge_model.clone().ok_or("Choose a judge model.")?, rubric: u.rubric.clone(), max_score: 5 });
+        metrics.push(MetricSpec::Judge {
+            model: u.judge_model.clone().ok_or("Choose a judge model.")?,
+            rubric: u.rubric.clone(),
+            max_score: 5,
+        });
     }
     if metrics.is_empty() {
         return Err("Tick at least one metric.".into());
@@ -153,8 +162,12 @@ pub fn suite_spec(u: &EvalUi, workspace: &std::path::Path) -> Result<SuiteSpec, 
             ModelRef::Named { name, path: p.clone() }
         })
         .collect();
-    let dataset_spec: DatasetSpec = toml::from_str(&format!("path = {}\nname = {}\n", toml::Value::String(workspace.display().to_string()), toml::Value::String(dataset)))
-        .map_err(|e| e.to_string())?;
+    let dataset_spec: DatasetSpec = toml::from_str(&format!(
+        "path = {}\nname = {}\n",
+        toml::Value::String(workspace.display().to_string()),
+        toml::Value::String(dataset)
+    ))
+    .map_err(|e| e.to_string())?;
     let name = u.name.trim();
     if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.')) || name.starts_with('.') {
         return Err("Name the suite with letters, digits, `-`, `_` or `.`.".into());
@@ -181,7 +194,9 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         return;
     };
     ui.horizontal(|ui| {
-        for (tab, label) in [(EvalTab::Setup, "Suite"), (EvalTab::Results, "Results"), (EvalTab::SideBySide, "Side by side"), (EvalTab::Blind, "Blind A/B")] {
+        for (tab, label) in
+            [(EvalTab::Setup, "Suite"), (EvalTab::Results, "Results"), (EvalTab::SideBySide, "Side by side"), (EvalTab::Blind, "Blind A/B")]
+        {
             if ui.selectable_value(&mut app.eval_ui.tab, tab, t(label)).clicked() && tab != EvalTab::Setup {
                 app.data(DataCmd::ListEvals);
             }
@@ -197,11 +212,22 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 }
 
 fn setup(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
-    let datasets: Vec<(String, Vec<String>)> =
-        app.ws.as_ref().map(|w| w.datasets.iter().map(|d| (d.dataset.clone(), d.columns.iter().map(|c| c.name.clone()).collect())).collect()).unwrap_or_default();
+    let datasets: Vec<(String, Vec<String>)> = app
+        .ws
+        .as_ref()
+        .map(|w| w.datasets.iter().map(|d| (d.dataset.clone(), d.columns.iter().map(|c| c.name.clone()).collect())).collect())
+        .unwrap_or_default();
     let mut candidates = app.settings.models.clone();
-    candidates.extend(app.runs_ui.runs.iter().filter(|r| r.status == "finished" && !r.job_toml.contains("method = \"reward\"")).map(|r| r.dir.clone()));
-    let reward_runs: Vec<PathBuf> = app.runs_ui.runs.iter().filter(|r| r.status == "finished" && r.job_toml.contains("method = \"reward\"")).map(|r| r.dir.clone()).collect();
+    candidates.extend(
+        app.runs_ui.runs.iter().filter(|r| r.status == "finished" && !r.job_toml.contains("method = \"reward\"")).map(|r| r.dir.clone()),
+    );
+    let reward_runs: Vec<PathBuf> = app
+        .runs_ui
+        .runs
+        .iter()
+        .filter(|r| r.status == "finished" && r.job_toml.contains("method = \"reward\""))
+        .map(|r| r.dir.clone())
+        .collect();
     let u = &mut app.eval_ui;
     if u.dataset.is_none() {
         u.dataset = datasets.first().map(|d| d.0.clone());
@@ -227,12 +253,14 @@ fn setup(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
         ui.label(t("Columns"));
         ui.horizontal(|ui| {
             for (label, value) in [("Reference answer", &mut u.reference), ("Break down by", &mut u.tag)] {
-                egui::ComboBox::from_label(t(label)).selected_text(if value.is_empty() { "(automatic)".to_string() } else { value.clone() }).show_ui(ui, |ui| {
-                    ui.selectable_value(value, String::new(), "(automatic)");
-                    for c in &columns {
-                        ui.selectable_value(value, c.clone(), c.as_str());
-                    }
-                });
+                egui::ComboBox::from_label(t(label))
+                    .selected_text(if value.is_empty() { "(automatic)".to_string() } else { value.clone() })
+                    .show_ui(ui, |ui| {
+                        ui.selectable_value(value, String::new(), "(automatic)");
+                        for c in &columns {
+                            ui.selectable_value(value, c.clone(), c.as_str());
+                        }
+                    });
             }
         });
         ui.end_row();
@@ -281,21 +309,25 @@ fn setup(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
             ui.horizontal(|ui| {
                 ui.checkbox(&mut u.reward, t("Reward-model score"));
                 if u.reward {
-                    egui::ComboBox::from_label(t("Reward run")).selected_text(u.reward_run.as_ref().map(|p| short_path(p)).unwrap_or_default()).show_ui(ui, |ui| {
-                        for r in &reward_runs {
-                            ui.selectable_value(&mut u.reward_run, Some(r.clone()), short_path(r));
-                        }
-                    });
+                    egui::ComboBox::from_label(t("Reward run"))
+                        .selected_text(u.reward_run.as_ref().map(|p| short_path(p)).unwrap_or_default())
+                        .show_ui(ui, |ui| {
+                            for r in &reward_runs {
+                                ui.selectable_value(&mut u.reward_run, Some(r.clone()), short_path(r));
+                            }
+                        });
                 }
             });
             ui.horizontal(|ui| {
                 ui.checkbox(&mut u.judge, t("A model as judge"));
                 if u.judge {
-                    egui::ComboBox::from_label(t("Judge model")).selected_text(u.judge_model.as_ref().map(|p| short_path(p)).unwrap_or_default()).show_ui(ui, |ui| {
-                        for m in &candidates {
-                            ui.selectable_value(&mut u.judge_model, Some(m.clone()), short_path(m));
-                        }
-                    });
+                    egui::ComboBox::from_label(t("Judge model"))
+                        .selected_text(u.judge_model.as_ref().map(|p| short_path(p)).unwrap_or_default())
+                        .show_ui(ui, |ui| {
+                            for m in &candidates {
+                                ui.selectable_value(&mut u.judge_model, Some(m.clone()), short_path(m));
+                            }
+                        });
                 }
             });
             if u.judge {
@@ -319,7 +351,10 @@ fn setup(app: &mut WorkbenchApp, ui: &mut egui::Ui, ws_root: &std::path::Path) {
     let (mut run, mut save) = (false, false);
     ui.horizontal(|ui| {
         run = ui.add_enabled(spec.is_ok() && !running, egui::Button::new(egui::RichText::new(t("Run evaluation")).size(16.0))).clicked();
-        save = ui.add_enabled(spec.is_ok(), egui::Button::new(t("Save suite for training"))).on_hover_text(t("Train can evaluate a saved suite every N steps")).clicked();
+        save = ui
+            .add_enabled(spec.is_ok(), egui::Button::new(t("Save suite for training")))
+            .on_hover_text(t("Train can evaluate a saved suite every N steps"))
+            .clicked();
     });
     if let (true, Ok(s)) = (run, &spec) {
         app.eval_ui.running = true;
@@ -339,25 +374,39 @@ pub fn suite_path(ws_root: &std::path::Path, name: &str) -> PathBuf {
 fn ci_bars(ui: &mut egui::Ui, id: &str, groups: &[String], series: &[(String, Vec<Option<(f64, f64, f64)>>)], y_label: &str) {
     let k = series.len().max(1) as f64;
     let width = 0.8 / k;
-    Plot::new(id).legend(Legend::default()).y_axis_label(y_label).height(240.0).allow_scroll(false).x_axis_formatter({
-        let groups = groups.to_vec();
-        move |m, _| {
-            let i = m.value.round();
-            if (m.value - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < groups.len() { groups[i as usize].clone() } else { String::new() }
-        }
-    })
-    .show(ui, |p| {
-        for (s, (name, vals)) in series.iter().enumerate() {
-            let x0 = |g: usize| g as f64 - 0.4 + width * (s as f64 + 0.5);
-            let bars: Vec<Bar> = vals.iter().enumerate().filter_map(|(g, v)| v.map(|(m, _, _)| Bar::new(x0(g), m).width(width * 0.9))).collect();
-            p.bar_chart(BarChart::new(name.clone(), bars));
-            for (g, v) in vals.iter().enumerate() {
-                if let Some((_, lo, hi)) = v {
-                    p.line(Line::new(format!("{name} 95 %"), PlotPoints::new(vec![[x0(g), *lo], [x0(g), *hi]])).width(2.0).color(egui::Color32::GRAY));
+    Plot::new(id)
+        .legend(Legend::default())
+        .y_axis_label(y_label)
+        .height(240.0)
+        .allow_scroll(false)
+        .x_axis_formatter({
+            let groups = groups.to_vec();
+            move |m, _| {
+                let i = m.value.round();
+                if (m.value - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < groups.len() {
+                    groups[i as usize].clone()
+                } else {
+                    String::new()
                 }
             }
-        }
-    });
+        })
+        .show(ui, |p| {
+            for (s, (name, vals)) in series.iter().enumerate() {
+                let x0 = |g: usize| g as f64 - 0.4 + width * (s as f64 + 0.5);
+                let bars: Vec<Bar> =
+                    vals.iter().enumerate().filter_map(|(g, v)| v.map(|(m, _, _)| Bar::new(x0(g), m).width(width * 0.9))).collect();
+                p.bar_chart(BarChart::new(name.clone(), bars));
+                for (g, v) in vals.iter().enumerate() {
+                    if let Some((_, lo, hi)) = v {
+                        p.line(
+                            Line::new(format!("{name} 95 %"), PlotPoints::new(vec![[x0(g), *lo], [x0(g), *hi]]))
+                                .width(2.0)
+                                .color(egui::Color32::GRAY),
+                        );
+                    }
+                }
+            }
+        });
 }
 
 fn results(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
@@ -373,7 +422,8 @@ fn results(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             }
         });
         let l = ui.label(t("Report file"));
-        ui.add(egui::TextEdit::singleline(&mut app.eval_ui.report_path).hint_text("report.html or report.md").desired_width(240.0)).labelled_by(l.id);
+        ui.add(egui::TextEdit::singleline(&mut app.eval_ui.report_path).hint_text("report.html or report.md").desired_width(240.0))
+            .labelled_by(l.id);
         if ui.button(t("Export report")).clicked() && !app.eval_ui.report_path.trim().is_empty() {
             let out = PathBuf::from(app.eval_ui.report_path.trim());
             app.data(DataCmd::EvalReport { id: r.id.clone(), out });
@@ -405,14 +455,20 @@ fn results(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.strong(format!("{metric} by model (95 % intervals)"));
         let series: Vec<(String, Vec<Option<(f64, f64, f64)>>)> =
             r.summary.iter().map(|s| (s.model.clone(), vec![s.metrics.get(&metric).map(|x| (x.mean, x.lo, x.hi))])).collect();
-        ci_bars(ui, "eval_bars", &[metric.clone()], &series, &metric);
-        let tags: Vec<String> = r.summary.iter().flat_map(|s| s.by_tag.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        ci_bars(ui, "eval_bars", std::slice::from_ref(&metric), &series, &metric);
+        let tags: Vec<String> =
+            r.summary.iter().flat_map(|s| s.by_tag.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         if !tags.is_empty() {
             ui.strong(format!("{metric} by tag"));
             let series: Vec<(String, Vec<Option<(f64, f64, f64)>>)> = r
                 .summary
                 .iter()
-                .map(|s| (s.model.clone(), tags.iter().map(|t| s.by_tag.get(t).and_then(|m| m.get(&metric)).map(|x| (x.mean, x.lo, x.hi))).collect()))
+                .map(|s| {
+                    (
+                        s.model.clone(),
+                        tags.iter().map(|t| s.by_tag.get(t).and_then(|m| m.get(&metric)).map(|x| (x.mean, x.lo, x.hi))).collect(),
+                    )
+                })
                 .collect();
             ci_bars(ui, "eval_tag_bars", &tags, &series, &metric);
         }
@@ -423,7 +479,8 @@ fn results(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 /// Suite scores recorded inside training runs (eval_suite), next to each run's reward or loss.
 fn during_training(app: &WorkbenchApp, ui: &mut egui::Ui) {
     for run in &app.runs_ui.runs {
-        let keys: std::collections::BTreeSet<String> = run.evals.iter().flat_map(|e| e.metrics.keys().filter(|k| k.starts_with("suite/")).cloned()).collect();
+        let keys: std::collections::BTreeSet<String> =
+            run.evals.iter().flat_map(|e| e.metrics.keys().filter(|k| k.starts_with("suite/")).cloned()).collect();
         if keys.is_empty() {
             continue;
         }
@@ -432,8 +489,13 @@ fn during_training(app: &WorkbenchApp, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.vertical(|ui| {
                 ui.set_width(half);
-                let series: Vec<Series> =
-                    keys.iter().map(|k| Series { name: k.clone(), points: run.evals.iter().filter_map(|e| e.metrics.get(k).map(|v| [e.step as f64, *v])).collect() }).collect();
+                let series: Vec<Series> = keys
+                    .iter()
+                    .map(|k| Series {
+                        name: k.clone(),
+                        points: run.evals.iter().filter_map(|e| e.metrics.get(k).map(|v| [e.step as f64, *v])).collect(),
+                    })
+                    .collect();
                 lines(ui, &format!("suite_curve_{}", run.name), "score", &series, 0.0, 180.0);
             });
             ui.vertical(|ui| {
@@ -462,18 +524,20 @@ fn pick_result(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             ui.selectable_value(&mut chosen, Some(l.id.clone()), format!("{}  ({})", l.id, l.models));
         }
     });
-    if chosen != current {
-        if let Some(id) = chosen {
-            app.data(DataCmd::LoadEval { id });
-        }
+    if chosen != current
+        && let Some(id) = chosen
+    {
+        app.data(DataCmd::LoadEval { id });
     }
 }
 
 fn diff_job(ui: &egui::Ui, a: &str, b: &str, side_b: bool) -> egui::text::LayoutJob {
     let mut job = egui::text::LayoutJob::default();
     let normal = egui::TextFormat { color: ui.visuals().text_color(), ..Default::default() };
-    let removed = egui::TextFormat { color: ui.visuals().text_color(), background: egui::Color32::from_rgb(120, 40, 40), ..Default::default() };
-    let added = egui::TextFormat { color: ui.visuals().text_color(), background: egui::Color32::from_rgb(40, 100, 50), ..Default::default() };
+    let removed =
+        egui::TextFormat { color: ui.visuals().text_color(), background: egui::Color32::from_rgb(120, 40, 40), ..Default::default() };
+    let added =
+        egui::TextFormat { color: ui.visuals().text_color(), background: egui::Color32::from_rgb(40, 100, 50), ..Default::default() };
     for (op, text) in word_diff(a, b) {
         match (op, side_b) {
             (Op::Same, _) => job.append(&text, 0.0, normal.clone()),
@@ -498,7 +562,8 @@ fn side_by_side(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         .filter(|&i| {
             let outs: Vec<&Option<String>> = (0..n).map(|m| &r.outputs[m][i].output).collect();
             let scores: Vec<Option<f64>> = (0..n).map(|m| r.outputs[m][i].scores.get(&metric).copied()).collect();
-            (!app.eval_ui.only_differ || outs.windows(2).any(|w| w[0] != w[1])) && (!app.eval_ui.only_changed || scores.windows(2).any(|w| w[0] != w[1]))
+            (!app.eval_ui.only_differ || outs.windows(2).any(|w| w[0] != w[1]))
+                && (!app.eval_ui.only_changed || scores.windows(2).any(|w| w[0] != w[1]))
         })
         .collect();
     ui.label(format!("{} of {} items", shown.len(), r.items.len()));
@@ -517,7 +582,11 @@ fn side_by_side(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                         let score = r.outputs[m][i].scores.get(&metric).map_or("-".into(), |v| format!("{v:.3}"));
                         cols[m].strong(format!("{} · {metric} {score}", r.models[m].name));
                         let other = r.outputs[if m == 0 { 1.min(n - 1) } else { 0 }][i].output.clone().unwrap_or_default();
-                        let job = if n >= 2 && m <= 1 { if m == 0 { diff_job(&cols[m], &o, &other, false) } else { diff_job(&cols[m], &other, &o, true) } } else { egui::text::LayoutJob::simple_singleline(o, egui::FontId::default(), cols[m].visuals().text_color()) };
+                        let job = if n >= 2 && m <= 1 {
+                            if m == 0 { diff_job(&cols[m], &o, &other, false) } else { diff_job(&cols[m], &other, &o, true) }
+                        } else {
+                            egui::text::LayoutJob::simple_singleline(o, egui::FontId::default(), cols[m].visuals().text_color())
+                        };
                         cols[m].label(job);
                     }
                 });
@@ -535,7 +604,11 @@ fn blind(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     }
     let total = app.eval_ui.queue.len();
     let cursor = app.eval_ui.cursor.min(total);
-    ui.add(egui::ProgressBar::new(if total == 0 { 1.0 } else { cursor as f32 / total as f32 }).desired_width(260.0).text(format!("{cursor} of {total} judged")));
+    ui.add(
+        egui::ProgressBar::new(if total == 0 { 1.0 } else { cursor as f32 / total as f32 })
+            .desired_width(260.0)
+            .text(format!("{cursor} of {total} judged")),
+    );
     let mut verdict = None;
     if let Some((item, ma, mb)) = app.eval_ui.queue.get(cursor).cloned() {
         if let Some(i) = r.items.iter().position(|x| x.id == item) {

@@ -5,10 +5,10 @@
 
 use serde_json::{Value, json};
 
+use crate::gui::WorkbenchApp;
 use crate::gui::i18n::t;
 use crate::gui::panels::data::{bubble, short_path, turns};
 use crate::gui::worker::{DataCmd, ModelCmd, PairItem};
-use crate::gui::WorkbenchApp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LabelMode {
@@ -144,11 +144,11 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     }
     egui::ScrollArea::vertical().id_salt("label_record").max_height(ui.available_height() * 0.55).show(ui, |ui| {
         for (role, text) in turns(d, row) {
-            if role == "assistant" {
-                if let Some(e) = labels.get("edit").and_then(|v| v.as_str()) {
-                    bubble(ui, "assistant (edited)", e);
-                    continue;
-                }
+            if role == "assistant"
+                && let Some(e) = labels.get("edit").and_then(|v| v.as_str())
+            {
+                bubble(ui, "assistant (edited)", e);
+                continue;
             }
             bubble(ui, &role, &text);
         }
@@ -172,7 +172,9 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.add_space(6.0);
     let status = labels.get("status").and_then(|v| v.as_str()).unwrap_or("").to_string();
     ui.horizontal(|ui| {
-        for (label, value) in [(format!("{} (A)", t("Accept")), "accept"), (format!("{} (R)", t("Reject")), "reject"), (format!("{} (F)", t("Flag")), "flag")] {
+        for (label, value) in
+            [(format!("{} (A)", t("Accept")), "accept"), (format!("{} (R)", t("Reject")), "reject"), (format!("{} (F)", t("Flag")), "flag")]
+        {
             let b = big(&label).selected(status == value);
             if ui.add(b).clicked() {
                 action = Some(("status", Some(json!(value))));
@@ -189,12 +191,21 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.label(t("Rating"));
         for r in 1..=5u64 {
-            if ui.add(egui::Button::new(egui::RichText::new(r.to_string()).size(16.0)).min_size(egui::vec2(36.0, 32.0)).selected(rating == r)).clicked() {
+            if ui
+                .add(
+                    egui::Button::new(egui::RichText::new(r.to_string()).size(16.0)).min_size(egui::vec2(36.0, 32.0)).selected(rating == r),
+                )
+                .clicked()
+            {
                 action = Some(("rating", Some(json!(r))));
             }
         }
     });
-    let current_tags: Vec<String> = labels.get("tags").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let current_tags: Vec<String> = labels
+        .get("tags")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
     ui.horizontal_wrapped(|ui| {
         ui.label(t("Tags"));
         for tag in &tags {
@@ -221,10 +232,10 @@ fn records(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     });
     ui.horizontal(|ui| {
         let l = ui.label(t("Note"));
-        if app.label_ui.note_input.is_empty() {
-            if let Some(n) = labels.get("note").and_then(|v| v.as_str()) {
-                app.label_ui.note_input = n.to_string();
-            }
+        if app.label_ui.note_input.is_empty()
+            && let Some(n) = labels.get("note").and_then(|v| v.as_str())
+        {
+            app.label_ui.note_input = n.to_string();
         }
         ui.add(egui::TextEdit::singleline(&mut app.label_ui.note_input).desired_width(300.0)).labelled_by(l.id);
         if ui.button(t("Save note")).clicked() {
@@ -278,11 +289,25 @@ fn pairs(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             });
         ui.add(egui::DragValue::new(&mut app.label_ui.draft_k).range(2..=8).prefix(t("answers per prompt ")));
         ui.add(egui::DragValue::new(&mut app.label_ui.draft_limit).range(1..=100_000).prefix(t("prompts ")));
-        if ui.button(t("Draft answers with model")).clicked() {
-            if let (Some(model), Some(ws), Some(dataset)) = (app.label_ui.draft_model.clone(), app.ws.as_ref().map(|w| w.root.clone()), app.dataset_name()) {
-                let opts = whetstone_engine::generate::GenerateOptions { max_new_tokens: 96, temperature: 0.8, top_p: 0.95, seed: 0, ..Default::default() };
-                app.model(ModelCmd::Draft { workspace: ws, dataset, model, k: app.label_ui.draft_k, limit: Some(app.label_ui.draft_limit), opts });
-            }
+        if ui.button(t("Draft answers with model")).clicked()
+            && let (Some(model), Some(ws), Some(dataset)) =
+                (app.label_ui.draft_model.clone(), app.ws.as_ref().map(|w| w.root.clone()), app.dataset_name())
+        {
+            let opts = whetstone_engine::generate::GenerateOptions {
+                max_new_tokens: 96,
+                temperature: 0.8,
+                top_p: 0.95,
+                seed: 0,
+                ..Default::default()
+            };
+            app.model(ModelCmd::Draft {
+                workspace: ws,
+                dataset,
+                model,
+                k: app.label_ui.draft_k,
+                limit: Some(app.label_ui.draft_limit),
+                opts,
+            });
         }
         if ui.button(t("Refresh queue")).clicked() {
             refresh_pairs(app);
@@ -291,15 +316,19 @@ fn pairs(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.separator();
     let total = app.label_ui.pairs.len();
     let done = app.label_ui.pair_cursor.min(total);
-    ui.add(egui::ProgressBar::new(if total == 0 { 0.0 } else { done as f32 / total as f32 }).desired_width(260.0).text(format!("{done} of {total} pairs judged")));
+    ui.add(
+        egui::ProgressBar::new(if total == 0 { 0.0 } else { done as f32 / total as f32 })
+            .desired_width(260.0)
+            .text(format!("{done} of {total} pairs judged")),
+    );
     app.label_ui.pair_cursor = app.label_ui.pair_cursor.min(app.label_ui.pairs.len());
     let Some(item) = app.label_ui.pairs.get(app.label_ui.pair_cursor).cloned() else {
         ui.label(t("No pairs waiting. Draft answers with a model, or open a dataset with chosen/rejected columns, then Refresh queue."));
-        if ui.button(t("Save preferences as a dataset")).clicked() {
-            if let Some(name) = app.dataset_name() {
-                let a = app.settings.annotator.clone();
-                app.data(DataCmd::CommitPreferences { dataset: name, annotator: a });
-            }
+        if ui.button(t("Save preferences as a dataset")).clicked()
+            && let Some(name) = app.dataset_name()
+        {
+            let a = app.settings.annotator.clone();
+            app.data(DataCmd::CommitPreferences { dataset: name, annotator: a });
         }
         return;
     };

@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod evaluate;
+pub mod jobs;
 pub mod labelling;
 pub mod models;
 pub mod runs;

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use whetstone_engine::generate::GenerateOptions;
 use whetstone_engine::model::ModelInfo;
 
+use crate::gui::WorkbenchApp;
 use crate::gui::i18n::t;
 use crate::gui::panels::data::{bubble, short_path};
 use crate::gui::worker::ModelCmd;
-use crate::gui::WorkbenchApp;
 
 pub struct ModelsUi {
     pub path_input: String,
@@ -55,21 +55,22 @@ fn add_model(app: &mut WorkbenchApp, p: PathBuf) {
 pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         let l = ui.label(t("Model path"));
-        ui.add(egui::TextEdit::singleline(&mut app.models_ui.path_input).hint_text(t("an HF folder or a .gguf file")).desired_width(380.0)).labelled_by(l.id);
+        ui.add(egui::TextEdit::singleline(&mut app.models_ui.path_input).hint_text(t("an HF folder or a .gguf file")).desired_width(380.0))
+            .labelled_by(l.id);
         if ui.button(t("Add model")).clicked() && !app.models_ui.path_input.trim().is_empty() {
             let p = PathBuf::from(app.models_ui.path_input.trim());
             app.models_ui.path_input.clear();
             add_model(app, p);
         }
-        if ui.button(t("GGUF file…")).clicked() {
-            if let Some(p) = rfd::FileDialog::new().add_filter("GGUF", &["gguf"]).pick_file() {
-                add_model(app, p);
-            }
+        if ui.button(t("GGUF file…")).clicked()
+            && let Some(p) = rfd::FileDialog::new().add_filter("GGUF", &["gguf"]).pick_file()
+        {
+            add_model(app, p);
         }
-        if ui.button(t("HF folder…")).clicked() {
-            if let Some(p) = rfd::FileDialog::new().pick_folder() {
-                add_model(app, p);
-            }
+        if ui.button(t("HF folder…")).clicked()
+            && let Some(p) = rfd::FileDialog::new().pick_folder()
+        {
+            add_model(app, p);
         }
     });
     ui.separator();
@@ -118,7 +119,10 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                             ("Parameters", format!("{:.1} M", i.parameters as f64 / 1e6)),
                             ("Stored as", format!("{:?}, {}", i.format, i.dtype)),
                             ("Memory to run (f32)", format!("{:.0} MB", i.parameters as f64 * 4.0 / 1e6)),
-                            ("Memory to fine-tune fully (f32 + AdamW)", format!("{:.0} MB + activations", i.parameters as f64 * 16.0 / 1e6)),
+                            (
+                                "Memory to fine-tune fully (f32 + AdamW)",
+                                format!("{:.0} MB + activations", i.parameters as f64 * 16.0 / 1e6),
+                            ),
                             ("Context length", i.context_length.to_string()),
                             ("Layers · hidden · heads", format!("{} · {} · {}/{}", i.layers, i.hidden_size, i.heads, i.kv_heads)),
                             ("Vocabulary", i.vocab_size.to_string()),
@@ -137,7 +141,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     });
 }
 
-fn playground(app: &mut WorkbenchApp, ui: &mut egui::Ui, model: &PathBuf) {
+fn playground(app: &mut WorkbenchApp, ui: &mut egui::Ui, model: &std::path::Path) {
     ui.strong(t("Playground"));
     egui::ScrollArea::vertical().id_salt("chat").stick_to_bottom(true).max_height(ui.available_height() - 150.0).show(ui, |ui| {
         for (role, text) in &app.models_ui.chat {
@@ -161,13 +165,19 @@ fn playground(app: &mut WorkbenchApp, ui: &mut egui::Ui, model: &PathBuf) {
             u.chat.push(("assistant".into(), String::new()));
             let cancel = Arc::new(AtomicBool::new(false));
             u.generating = Some(cancel.clone());
-            let opts = GenerateOptions { max_new_tokens: u.max_new_tokens, temperature: u.temperature, top_p: u.top_p, seed: u.chat.len() as u64, ..Default::default() };
-            send = Some(ModelCmd::Generate { model: model.clone(), prompt, opts, cancel });
+            let opts = GenerateOptions {
+                max_new_tokens: u.max_new_tokens,
+                temperature: u.temperature,
+                top_p: u.top_p,
+                seed: u.chat.len() as u64,
+                ..Default::default()
+            };
+            send = Some(ModelCmd::Generate { model: model.to_path_buf(), prompt, opts, cancel });
         }
-        if ui.add_enabled(busy, egui::Button::new(t("Stop"))).clicked() {
-            if let Some(c) = &u.generating {
-                c.store(true, Ordering::Relaxed);
-            }
+        if ui.add_enabled(busy, egui::Button::new(t("Stop"))).clicked()
+            && let Some(c) = &u.generating
+        {
+            c.store(true, Ordering::Relaxed);
         }
         if ui.button(t("Clear")).clicked() {
             u.chat.clear();

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use crate::gui::charts::{Series, lines};
-use crate::gui::worker::{DataCmd, RunSummary};
-use crate::gui::i18n::t;
 use crate::gui::WorkbenchApp;
+use crate::gui::charts::{Series, lines};
+use crate::gui::i18n::t;
+use crate::gui::worker::{DataCmd, RunSummary};
 
 #[derive(Default)]
 pub struct RunsUi {
@@ -69,8 +69,13 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.separator();
     egui::ScrollArea::vertical().id_salt("runs_detail").show(ui, |ui| {
         if chosen.len() >= 2 {
-            let series: Vec<Series> =
-                chosen.iter().map(|r| Series { name: r.name.clone(), points: r.steps.iter().map(|s| [s.step as f64, s.loss]).filter(|p| p[1].is_finite()).collect() }).collect();
+            let series: Vec<Series> = chosen
+                .iter()
+                .map(|r| Series {
+                    name: r.name.clone(),
+                    points: r.steps.iter().map(|s| [s.step as f64, s.loss]).filter(|p| p[1].is_finite()).collect(),
+                })
+                .collect();
             ui.strong(t("Training loss"));
             lines(ui, "runs_overlay", "loss", &series, app.train_ui.smoothing, 220.0);
         }
@@ -85,10 +90,10 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             ui.horizontal(|ui| {
                 let l = ui.label(t("Export to folder"));
                 ui.add(egui::TextEdit::singleline(&mut app.runs_ui.export_path).desired_width(300.0)).labelled_by(l.id);
-                if ui.button(t("Browse…")).clicked() {
-                    if let Some(p) = rfd::FileDialog::new().pick_folder() {
-                        app.runs_ui.export_path = p.display().to_string();
-                    }
+                if ui.button(t("Browse…")).clicked()
+                    && let Some(p) = rfd::FileDialog::new().pick_folder()
+                {
+                    app.runs_ui.export_path = p.display().to_string();
                 }
                 ui.checkbox(&mut app.runs_ui.merge, t("Merge LoRA adapter into the model"));
                 if ui.button(t("Export model")).clicked() && !app.runs_ui.export_path.trim().is_empty() {
@@ -99,7 +104,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             egui::CollapsingHeader::new(t("Provenance (run.json)")).default_open(false).show(ui, |ui| {
                 ui.monospace(serde_json::to_string_pretty(&r.card).unwrap_or_default());
             });
-            crate::gui::panels::train::step_charts(ui, &format!("run_{}", r.name), &r.steps, &r.evals, app.train_ui.smoothing);
+            crate::gui::panels::jobs::step_charts(ui, &format!("run_{}", r.name), &r.steps, &r.evals, app.train_ui.smoothing);
         }
     });
 }
