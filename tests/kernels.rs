@@ -6,7 +6,7 @@ mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use whetstone_engine::Device;
-use whetstone_engine::kernels::{self, attention, cross_entropy, mlp, norm};
+use whetstone_engine::kernels::{self, attention, cross_entropy, mlp, norm, qlinear};
 
 fn dev() -> Device {
     Device::flex().autodiff()
@@ -228,4 +228,73 @@ fn a_training_step_is_the_same_fused_or_composite() {
         assert!((a.1 - b.1).abs() < 1e-4 * b.1.abs().max(1.0), "step {i} grad norm: fused {} vs composite {}", a.1, b.1);
     }
     assert_close("weights after 3 steps", &fused.1, &composite.1, 1e-4);
+}
+
+/// `x · Wᵀ` with W packed (bf16, Q8_0, Q4_K): the tiled GEMM path (many rows) and the dot-product
+/// path (a few rows, as in decoding) against the composite form on the dequantised weight, and
+/// the input gradient (W is frozen).
+#[test]
+fn packed_matmul_matches_the_dequantised_weight() {
+    use std::sync::Arc;
+    use whetstone_engine::io::HostTensor;
+    use whetstone_engine::io::quant::{GgmlType, PackedMatrix};
+    let d = dev();
+    let (din, dout) = (512, 300);
+    let w = HostTensor::new(vec![dout, din], seeded(dout * din).iter().map(|v| v * 0.05).collect());
+    for ty in [GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4K] {
+        let p = Arc::new(PackedMatrix::quantize(ty, &w).unwrap());
+        for rows in [3, 40] {
+            let x = random([1, rows, din], &d);
+            let r = compare_fn(&x, |x| qlinear::packed_matmul(x.clone(), &p));
+            compare(&format!("{} x{rows}", ty.name()), r, 2e-5);
+        }
+    }
+}
+
+fn compare_fn(x: &Tensor<3>, f: impl Fn(&Tensor<3>) -> Tensor<3>) -> [(Vec<f32>, Vec<Vec<f32>>); 2] {
+    both([x.clone()], |xs| f(&xs[0]))
+}
+
+/// The LM head fused with the target log-probs, in row chunks: against the composite
+/// (logits, then log-softmax and gather) for a contiguous head, a transposed (tied) one and a
+/// packed one; gradients for the hidden states and the dense head.
+#[test]
+fn fused_head_matches_logits_then_logprobs() {
+    use std::sync::Arc;
+    use whetstone_engine::io::HostTensor;
+    use whetstone_engine::io::quant::{GgmlType, PackedMatrix};
+    use whetstone_engine::kernels::head::{Head, head_logprobs};
+    let d = dev();
+    let (b, t, h, v) = (2, 9, 64, 300);
+    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 37 + 5) % v) as i64).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &d);
+    let x = random([b, t, h], &d) * 0.3;
+    let w = random([h, v], &d) * 0.2;
+    let we = random([v, h], &d) * 0.2; // a tied embedding: the head is its transpose
+    for (name, tied) in [("contiguous", false), ("transposed", true)] {
+        let run = |x: Tensor<3>, w: Tensor<2>| {
+            let x = x.detach().require_grad();
+            let w = w.detach().require_grad();
+            let head = if tied { w.clone().transpose() } else { w.clone() };
+            let (lp, correct) = head_logprobs(x.clone(), Head::Dense(head), &targets);
+            let r = Tensor::<2>::from_data(TensorData::new(seeded(b * t), [b, t]), &d);
+            let g = (lp.clone() * r).sum().backward();
+            (vals(lp), vals(correct), vals(x.grad(&g).unwrap()), vals(w.grad(&g).unwrap()))
+        };
+        let wt = if tied { we.clone() } else { w.clone() };
+        assert!(kernels::fused_for(&x) && !kernels::composite(|| kernels::fused_for(&x)));
+        let f = run(x.clone(), wt.clone());
+        let c = kernels::composite(|| run(x.clone(), wt.clone()));
+        assert_close(&format!("{name} log-probs"), &f.0, &c.0, 1e-5);
+        assert_eq!(f.1, c.1, "{name}: argmax flags");
+        assert_close(&format!("{name} dx"), &f.2, &c.2, 1e-4);
+        assert_close(&format!("{name} dW"), &f.3, &c.3, 1e-4);
+    }
+    let host = HostTensor::new(vec![v, h], vals(we.clone()));
+    let p = Arc::new(PackedMatrix::quantize(GgmlType::Q8_0, &host).unwrap());
+    let r = compare_fn(&x, |x| {
+        let (lp, _) = head_logprobs(x.clone(), Head::Packed(&p), &targets);
+        lp.unsqueeze::<3>()
+    });
+    compare("packed head", r, 1e-4);
 }

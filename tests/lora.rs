@@ -15,7 +15,13 @@ use whetstone_engine::train::optim::{AdamW, AdamWConfig};
 use whetstone_engine::train::sft::SftTrainer;
 
 fn lora_cfg() -> LoraConfig {
-    LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: ["q", "k", "v", "o", "gate", "up", "down"].map(String::from).to_vec() }
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: ["q", "k", "v", "o", "gate", "up", "down"].map(String::from).to_vec(),
+        quantize_base: None,
+    }
 }
 
 #[test]

@@ -110,7 +110,7 @@ fn bench_generate(a: GenArgs) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let t_load = Instant::now();
-    let m = LoadedModel::load(&a.model.model, &a.model.device()?)?;
+    let m = a.model.load()?;
     let load_s = t_load.elapsed().as_secs_f64();
     let mut ids = Vec::new();
     while ids.len() < a.prompt_tokens {
@@ -154,8 +154,8 @@ fn bench_generate(a: GenArgs) -> Result<()> {
 
 fn bench_train(a: TrainArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
-    use whetstone_engine::model::lora::LoraConfig;
     use whetstone_engine::model::batch::make_batch;
+    use whetstone_engine::model::lora::LoraConfig;
     use whetstone_engine::text::sft::Encoded;
     use whetstone_engine::train::optim::{AdamW, AdamWConfig};
     use whetstone_engine::train::sft::SftTrainer;
@@ -163,7 +163,14 @@ fn bench_train(a: TrainArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let device = a.model.device()?.autodiff();
-    let m = LoadedModel::load(&a.model.model, &device)?;
+    // Full fine-tuning trains every weight (f32); a LoRA base is frozen and stays packed
+    // (GGUF blocks, bf16/f16) unless --f32.
+    let packing = if a.lora_rank.is_some() && !a.model.f32 {
+        whetstone_engine::model::Packing::Stored
+    } else {
+        whetstone_engine::model::Packing::Dense
+    };
+    let m = LoadedModel::load_with(&a.model.model, &device, packing)?;
     let vocab = m.config.vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let examples: Vec<Encoded> = (0..a.batch)
@@ -206,8 +213,8 @@ fn bench_train(a: TrainArgs) -> Result<()> {
 
 fn bench_ppo(a: PpoArgs) -> Result<()> {
     use whetstone_engine::model::lora::LoraConfig;
-    use whetstone_engine::text::chat_template::Message;
     use whetstone_engine::model::reward::RewardModel;
+    use whetstone_engine::text::chat_template::Message;
     use whetstone_engine::train::grpo::GrpoPrompt;
     use whetstone_engine::train::method::Trainer;
     use whetstone_engine::train::optim::{AdamW, AdamWConfig, StepLr};
@@ -217,14 +224,20 @@ fn bench_ppo(a: PpoArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let device = a.model.device()?.autodiff();
-    let m = LoadedModel::load(&a.model.model, &device)?;
+    let packing = if a.model.f32 { whetstone_engine::model::Packing::Dense } else { whetstone_engine::model::Packing::Stored };
+    let m = LoadedModel::load_with(&a.model.model, &device, packing)?;
     let lora = LoraConfig { rank: a.lora_rank, alpha: 2.0 * a.lora_rank as f64, ..Default::default() };
     let actor = m.model.clone().with_lora(&lora, 0)?;
     let critic = RewardModel::new(m.model.clone().with_lora(&lora, 1)?, m.config.hidden_size, 2);
     // Fixed-length responses: the benchmark measures work per token, so EOS is ignored.
     let rule = Rule::Contains { text: Some("doctor".into()), case_insensitive: true };
     let cfg = PpoConfig { max_new_tokens: a.new_tokens, rules: vec![WeightedRule { rule, weight: 1.0 }], ..Default::default() };
-    let questions = ["What should I do for a mild fever?", "When is chest pain an emergency?", "How do I treat a small burn?", "Is a headache after a fall serious?"];
+    let questions = [
+        "What should I do for a mild fever?",
+        "When is chest pain an emergency?",
+        "How do I treat a small burn?",
+        "Is a headache after a fall serious?",
+    ];
     let prompts: Vec<GrpoPrompt> = (0..a.batch)
         .map(|i| {
             let q = questions[i % questions.len()];
@@ -232,7 +245,8 @@ fn bench_ppo(a: PpoArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
-    let mut p = PpoTrainer::new(actor, critic, AdamW::new(AdamWConfig::default()), cfg, Some(1.0), prompts, m.tokenizer.clone(), vec![], pad, 0);
+    let mut p =
+        PpoTrainer::new(actor, critic, AdamW::new(AdamWConfig::default()), cfg, Some(1.0), prompts, m.tokenizer.clone(), vec![], pad, 0);
     let all: Vec<usize> = (0..a.batch).collect();
     let mut rows = Vec::new();
     for i in 0..=a.steps {

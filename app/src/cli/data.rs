@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use whetstone_engine::data::curate::{self, Query, SplitFractions};
+use whetstone_engine::data::draft::draft_candidates;
 use whetstone_engine::data::export::{Shape, export};
 use whetstone_engine::data::import::parse_mappings;
-use whetstone_engine::data::draft::draft_candidates;
 use whetstone_engine::data::{Workspace, parse_dataset_ref};
 
 #[derive(clap::Args, Debug)]
@@ -195,9 +195,16 @@ pub enum DataCommand {
 #[derive(clap::Subcommand, Debug)]
 pub enum LabelOp {
     /// Set a label: KIND is status, rating, tags, edit, note, pair or rank; VALUE is text or JSON.
-    Set { record: String, kind: String, value: String },
+    Set {
+        record: String,
+        kind: String,
+        value: String,
+    },
     /// Remove a label.
-    Clear { record: String, kind: String },
+    Clear {
+        record: String,
+        kind: String,
+    },
     /// Pairwise verdict (a, b, tie, both_bad) on a record's queued pair (or --a/--b sources).
     Pair {
         record: String,
@@ -210,7 +217,9 @@ pub enum LabelOp {
     Undo,
     Redo,
     /// Labels of one record.
-    Show { record: String },
+    Show {
+        record: String,
+    },
     /// Every current label (JSON lines).
     List,
     /// Who changed what, when (newest first).
@@ -277,7 +286,11 @@ pub fn run(a: Args) -> Result<()> {
             println!("  columns: {}", v.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
             let roles = v.roles.as_map();
             if roles.is_empty() {
-                println!("  roles: none guessed; map them with `whetstone data map {}/{} prompt=… response=…`", workspace.display(), v.dataset);
+                println!(
+                    "  roles: none guessed; map them with `whetstone data map {}/{} prompt=… response=…`",
+                    workspace.display(),
+                    v.dataset
+                );
             } else {
                 println!("  roles: {}", roles.iter().map(|(r, c)| format!("{r}={c}")).collect::<Vec<_>>().join(", "));
             }
@@ -302,7 +315,15 @@ pub fn run(a: Args) -> Result<()> {
                 return print_json(&vs);
             }
             for v in vs {
-                println!("v{:<3} {:>9} rows  {:<12} {}  sha256 {}  {}", v.version, v.rows, v.operation, v.created_at, &v.sha256[..12], v.detail);
+                println!(
+                    "v{:<3} {:>9} rows  {:<12} {}  sha256 {}  {}",
+                    v.version,
+                    v.rows,
+                    v.operation,
+                    v.created_at,
+                    &v.sha256[..12],
+                    v.detail
+                );
             }
         }
         DataCommand::Show { dataset, offset, rows, json } => {
@@ -324,10 +345,30 @@ pub fn run(a: Args) -> Result<()> {
         DataCommand::Map { dataset, mappings } => {
             let (mut ws, name, _) = open_ref(&dataset)?;
             let v = ws.remap(&name, &parse_mappings(&mappings)?)?;
-            println!("{}@{}: roles {}", v.dataset, v.version, v.roles.as_map().iter().map(|(r, c)| format!("{r}={c}")).collect::<Vec<_>>().join(", "));
+            println!(
+                "{}@{}: roles {}",
+                v.dataset,
+                v.version,
+                v.roles.as_map().iter().map(|(r, c)| format!("{r}={c}")).collect::<Vec<_>>().join(", ")
+            );
         }
         DataCommand::Stats { dataset, tokenizer, max_seq_len, json } => stats(&dataset, tokenizer, max_seq_len, json)?,
-        DataCommand::Search { dataset, pattern, regex, case_sensitive, column, status, min_rating, tag, split, sort, desc, limit, keep, json } => {
+        DataCommand::Search {
+            dataset,
+            pattern,
+            regex,
+            case_sensitive,
+            column,
+            status,
+            min_rating,
+            tag,
+            split,
+            sort,
+            desc,
+            limit,
+            keep,
+            json,
+        } => {
             let (mut ws, name, version) = open_ref(&dataset)?;
             let (v, t) = ws.load(&name, version)?;
             let labels = ws.label_summaries(&name, None)?;
@@ -354,13 +395,18 @@ pub fn run(a: Args) -> Result<()> {
             }
             let ids = t.ids()?;
             if json {
-                let shown: Vec<Value> = rows.iter().take(limit).map(|&r| Ok(json!({"_id": ids[r], "row": r, "record": t.record(r)?}))).collect::<Result<_>>()?;
+                let shown: Vec<Value> = rows
+                    .iter()
+                    .take(limit)
+                    .map(|&r| Ok(json!({"_id": ids[r], "row": r, "record": t.record(r)?})))
+                    .collect::<Result<_>>()?;
                 return print_json(&json!({"matches": rows.len(), "rows": t.height(), "seconds": secs, "shown": shown}));
             }
             println!("{} of {} rows match ({:.3} s)", rows.len(), t.height(), secs);
             for &r in rows.iter().take(limit) {
                 let rec = t.record(r)?;
-                let text = rec.values().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect::<Vec<_>>().join(" │ ");
+                let text =
+                    rec.values().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect::<Vec<_>>().join(" │ ");
                 println!("  [{}] {}", ids[r], short(&text, 150));
             }
         }
@@ -378,7 +424,12 @@ pub fn run(a: Args) -> Result<()> {
             }
             if drop && !groups.is_empty() {
                 let rows = curate::duplicate_rows_to_drop(&groups);
-                let nv = ws.drop_rows(&name, &rows, "dedupe", json!({"threshold": threshold, "groups": groups.len(), "from_version": v.version}))?;
+                let nv = ws.drop_rows(
+                    &name,
+                    &rows,
+                    "dedupe",
+                    json!({"threshold": threshold, "groups": groups.len(), "from_version": v.version}),
+                )?;
                 eprintln!("removed {} rows: {}@{} has {} rows", rows.len(), nv.dataset, nv.version, nv.rows);
             }
         }
@@ -461,7 +512,14 @@ fn stats(dataset: &str, tokenizer: Option<PathBuf>, max_seq_len: usize, json_out
     println!("{}@{}: {} rows, sha256 {}", v.dataset, v.version, v.rows, &v.sha256[..16]);
     println!("roles: {}", v.roles.as_map().iter().map(|(r, c)| format!("{r}={c}")).collect::<Vec<_>>().join(", "));
     for c in out["columns"].as_array().unwrap() {
-        println!("  {:<24} {:<5} mean {:>8.1} chars, max {:>6}, empty {}", c["name"].as_str().unwrap(), c["kind"].as_str().unwrap(), c["mean_chars"].as_f64().unwrap(), c["max_chars"], c["empty"]);
+        println!(
+            "  {:<24} {:<5} mean {:>8.1} chars, max {:>6}, empty {}",
+            c["name"].as_str().unwrap(),
+            c["kind"].as_str().unwrap(),
+            c["mean_chars"].as_f64().unwrap(),
+            c["max_chars"],
+            c["empty"]
+        );
     }
     if let Some(s) = tokens {
         println!("tokens: min {} / p50 {} / mean {:.1} / p90 {} / p99 {} / max {}", s.min, s.p50, s.mean, s.p90, s.p99, s.max);
@@ -503,9 +561,10 @@ fn label(dataset: &str, annotator: Option<String>, op: LabelOp) -> Result<()> {
                 (Some(a), Some(b)) => (a, b),
                 _ => {
                     let q = ws.pair_queue(&name, &who)?;
-                    let (_, a, b) = q.into_iter().find(|(r, _, _)| *r == record).ok_or_else(|| {
-                        anyhow!("record `{record}` has no queued pair (draft answers first, or give --a and --b)")
-                    })?;
+                    let (_, a, b) = q
+                        .into_iter()
+                        .find(|(r, _, _)| *r == record)
+                        .ok_or_else(|| anyhow!("record `{record}` has no queued pair (draft answers first, or give --a and --b)"))?;
                     (a, b)
                 }
             };
@@ -528,7 +587,16 @@ fn label(dataset: &str, annotator: Option<String>, op: LabelOp) -> Result<()> {
         }
         LabelOp::Audit { record, limit } => {
             for e in ws.audit(Some(&name), record.as_deref(), None, limit)? {
-                println!("{} {:<10} {:<5} [{}] {}: {} → {}", e.at, e.annotator, e.action, e.record, e.kind, fmt_opt(&e.old), fmt_opt(&e.new));
+                println!(
+                    "{} {:<10} {:<5} [{}] {}: {} → {}",
+                    e.at,
+                    e.annotator,
+                    e.action,
+                    e.record,
+                    e.kind,
+                    fmt_opt(&e.old),
+                    fmt_opt(&e.new)
+                );
             }
         }
         LabelOp::Agreement { kind } => print_json(&ws.agreement(&name, &kind)?)?,

@@ -106,7 +106,10 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             println!("{} verdicts", ratings.battles);
             for x in &ratings.ratings {
-                println!("  {:<24} Elo {:>6.0} [{:.0}, {:.0}]  win rate {:.2} [{:.2}, {:.2}]  ({} battles)", x.model, x.elo, x.lo, x.hi, x.win_rate, x.win_lo, x.win_hi, x.battles);
+                println!(
+                    "  {:<24} Elo {:>6.0} [{:.0}, {:.0}]  win rate {:.2} [{:.2}, {:.2}]  ({} battles)",
+                    x.model, x.elo, x.lo, x.hi, x.win_rate, x.win_lo, x.win_hi, x.battles
+                );
             }
         }
     }

@@ -2,7 +2,6 @@ use std::io::Write;
 
 use anyhow::Result;
 use whetstone_engine::generate::{GenerateOptions, generate};
-use whetstone_engine::model::LoadedModel;
 use whetstone_engine::text::chat_template::Message;
 
 #[derive(clap::Args, Debug)]
@@ -43,7 +42,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let m = LoadedModel::load(&a.model.model, &a.model.device()?)?;
+    let m = a.model.load()?;
     let prompt_ids = if a.chat {
         let mut msgs = vec![];
         if let Some(s) = &a.system {
@@ -86,12 +85,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     } else {
         println!();
-        eprintln!(
-            "[{} tokens, {:.1} tokens/s, stopped: {:?}]",
-            g.generated_ids.len(),
-            g.tokens_per_second,
-            g.finish_reason
-        );
+        eprintln!("[{} tokens, {:.1} tokens/s, stopped: {:?}]", g.generated_ids.len(), g.tokens_per_second, g.finish_reason);
     }
     Ok(())
 }

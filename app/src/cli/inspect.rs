@@ -1,5 +1,4 @@
 use anyhow::Result;
-use whetstone_engine::model::LoadedModel;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,7 +15,7 @@ fn human_bytes(b: usize) -> String {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let m = LoadedModel::load(&a.model.model, &a.model.device()?)?;
+    let m = a.model.load()?;
     let i = m.info();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&i)?);
@@ -31,7 +30,11 @@ pub fn run(a: Args) -> Result<()> {
     println!("layers         {}  hidden {}  mlp {}", i.layers, i.hidden_size, i.intermediate_size);
     println!("heads          {} query / {} key-value, head dim {}", i.heads, i.kv_heads, i.head_dim);
     println!("vocabulary     {}{}", i.vocab_size, if i.tied_embeddings { " (tied embeddings)" } else { "" });
-    println!("memory         {} weights (f32) + {} KV cache at full context", human_bytes(i.weights_bytes), human_bytes(i.kv_cache_bytes_full_context));
+    println!(
+        "memory         {} weights (f32) + {} KV cache at full context",
+        human_bytes(i.weights_bytes),
+        human_bytes(i.kv_cache_bytes_full_context)
+    );
     println!("chat template  {}", if i.chat_template { "yes" } else { "no" });
     println!("stop tokens    {}", i.eos_tokens.join(" "));
     Ok(())

@@ -59,11 +59,21 @@ pub struct ModelArgs {
     /// cpu, wgpu[:N] or cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Expand every weight to f32 (by default, on the CPU, GGUF blocks and bf16/f16 weights stay
+    /// as stored and are unpacked a tile at a time).
+    #[arg(long)]
+    pub f32: bool,
 }
 
 impl ModelArgs {
     pub fn device(&self) -> Result<Device> {
         whetstone_engine::device::parse_device(&self.device)
+    }
+
+    /// Load the model for inference.
+    pub fn load(&self) -> Result<whetstone_engine::model::LoadedModel> {
+        let packing = if self.f32 { whetstone_engine::model::Packing::Dense } else { whetstone_engine::model::Packing::Stored };
+        whetstone_engine::model::LoadedModel::load_with(&self.model, &self.device()?, packing)
     }
 }
 

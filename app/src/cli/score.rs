@@ -1,5 +1,4 @@
 use anyhow::Result;
-use whetstone_engine::model::LoadedModel;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,15 +13,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let m = LoadedModel::load(&a.model.model, &a.model.device()?)?;
+    let m = a.model.load()?;
     let ids = m.tokenizer.encode(&a.text, true)?;
     let lp = m.token_logprobs(&ids)?;
     let mean_nll = -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64;
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"ids": ids, "token_logprobs": lp, "mean_nll": mean_nll, "perplexity": mean_nll.exp()})
-        );
+        println!("{}", serde_json::json!({"ids": ids, "token_logprobs": lp, "mean_nll": mean_nll, "perplexity": mean_nll.exp()}));
     } else {
         for (i, l) in lp.iter().enumerate() {
             let tok = m.tokenizer.decode(&ids[i + 1..i + 2], false)?;

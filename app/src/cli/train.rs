@@ -30,7 +30,8 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => bail!("give a job file, or --resume RUN_DIR"),
     };
     // Through the evaluation layer, so a job with [eval_suite] gets its suite scored as it trains.
-    let handle = whetstone_engine::eval::live::spawn(spec, RunOptions { resume: a.resume.clone(), device: a.device.clone(), ..Default::default() });
+    let handle =
+        whetstone_engine::eval::live::spawn(spec, RunOptions { resume: a.resume.clone(), device: a.device.clone(), ..Default::default() });
     let bar = ProgressBar::hidden();
     let mut result: Result<()> = Err(anyhow::anyhow!("the job ended without a result"));
     for ev in handle.events.iter() {

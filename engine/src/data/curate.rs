@@ -349,7 +349,7 @@ fn luhn(s: &str) -> bool {
     }
     let sum: u32 =
         digits.iter().rev().enumerate().map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }).sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A phone number has 7–15 digits and either an international `+`, an area code in
@@ -412,10 +412,10 @@ pub fn scan_text(text: &str) -> Vec<(usize, usize, PiiKind)> {
                     continue;
                 }
             }
-            if let Some(check) = rule.check {
-                if !check(m.as_str()) {
-                    continue;
-                }
+            if let Some(check) = rule.check
+                && !check(m.as_str())
+            {
+                continue;
             }
             if spans.iter().any(|&(a, b, _)| s < b && a < e) {
                 continue;

@@ -78,7 +78,7 @@ impl Workspace {
 
     /// Remove this annotator's latest vote on an evaluation (undo).
     pub fn undo_vote(&mut self, eval_id: &str, annotator: &str) -> Result<Option<Vote>> {
-        let last = self.votes(eval_id)?.into_iter().filter(|v| v.annotator == annotator).next_back();
+        let last = self.votes(eval_id)?.into_iter().rfind(|v| v.annotator == annotator);
         if let Some(v) = &last {
             self.conn.execute("DELETE FROM votes WHERE id = ?1", [v.id])?;
         }

@@ -107,10 +107,10 @@ impl Roles {
 
     /// Set one role; `column` must be one of `columns`.
     pub fn set(&mut self, role: &str, column: Option<&str>, columns: &[String]) -> Result<()> {
-        if let Some(c) = column {
-            if !columns.iter().any(|x| x == c) {
-                bail!("role {role}: column `{c}` not found (columns: {})", columns.join(", "));
-            }
+        if let Some(c) = column
+            && !columns.iter().any(|x| x == c)
+        {
+            bail!("role {role}: column `{c}` not found (columns: {})", columns.join(", "));
         }
         let slot = self.slot_mut(role).ok_or_else(|| anyhow!("unknown role `{role}` (roles: {})", ROLE_NAMES.join(", ")))?;
         *slot = column.map(str::to_string);

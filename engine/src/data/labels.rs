@@ -167,11 +167,11 @@ impl Workspace {
             return Ok(0);
         }
         write_label(&tx, dataset, record, annotator, kind, new_s.as_deref(), &at)?;
-        if kind == "tags" {
-            if let Some(Value::Array(tags)) = &new {
-                for t in tags.iter().filter_map(Value::as_str) {
-                    tx.execute("INSERT OR IGNORE INTO tags (dataset, tag) VALUES (?1, ?2)", params![dataset, t])?;
-                }
+        if kind == "tags"
+            && let Some(Value::Array(tags)) = &new
+        {
+            for t in tags.iter().filter_map(Value::as_str) {
+                tx.execute("INSERT OR IGNORE INTO tags (dataset, tag) VALUES (?1, ?2)", params![dataset, t])?;
             }
         }
         // A new change ends the redo stack.

@@ -166,10 +166,10 @@ fn roles_for(records: &[Record], roles: &Roles, file: &str) -> Result<(Roles, Ve
     let names: Vec<String> = records[0].keys().cloned().collect();
     let r = roles.guess_missing(&names);
     for role in super::import::ROLE_NAMES {
-        if let Some(col) = roles.get(role) {
-            if !names.contains(col) {
-                bail!("{file}: column `{col}` ({role}) not found (columns: {})", names.join(", "));
-            }
+        if let Some(col) = roles.get(role)
+            && !names.contains(col)
+        {
+            bail!("{file}: column `{col}` ({role}) not found (columns: {})", names.join(", "));
         }
     }
     Ok((r, names))
@@ -195,10 +195,7 @@ pub fn sft_examples(records: &[Record], roles: &Roles, file: &Path) -> Result<Ve
                     names.join(", ")
                 );
             };
-            let system = match &c.system {
-                Some(s) => Some(text_field(r, s, i, &f).unwrap_or_default()),
-                None => None,
-            };
+            let system = c.system.as_ref().map(|s| text_field(r, s, i, &f).unwrap_or_default());
             Ok(SftExample::from_pair(system.as_deref(), &text_field(r, p, i, &f)?, &text_field(r, resp, i, &f)?))
         })
         .collect()

@@ -21,7 +21,7 @@ pub struct SuiteHook {
 
 impl StepHook for SuiteHook {
     fn due(&self, step: usize, last: bool) -> bool {
-        last || step % self.every == 0
+        last || step.is_multiple_of(self.every)
     }
 
     fn run(&mut self, model: &LoadedModel) -> Result<BTreeMap<String, f64>> {

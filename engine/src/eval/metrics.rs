@@ -17,12 +17,11 @@ pub fn judge_score(reply: &str, max: u32) -> Option<f64> {
     let re = RE.get_or_init(|| Regex::new(r"\d+").unwrap());
     let out_of = OUT_OF.get_or_init(|| Regex::new(r"(\d+)\s*/\s*(\d+)").unwrap());
     let scale = |s: u32| (s - 1) as f64 / (max.max(2) - 1) as f64;
-    if let Some(c) = out_of.captures_iter(reply).find(|c| c[2].parse::<u32>().ok() == Some(max)) {
-        if let Ok(s) = c[1].parse::<u32>() {
-            if (1..=max).contains(&s) {
-                return Some(scale(s));
-            }
-        }
+    if let Some(c) = out_of.captures_iter(reply).find(|c| c[2].parse::<u32>().ok() == Some(max))
+        && let Ok(s) = c[1].parse::<u32>()
+        && (1..=max).contains(&s)
+    {
+        return Some(scale(s));
     }
     re.find_iter(reply).filter_map(|m| m.as_str().parse::<u32>().ok()).filter(|&s| (1..=max).contains(&s)).last().map(scale)
 }

@@ -80,7 +80,9 @@ impl Helpers {
         for m in &spec.metrics {
             match m {
                 MetricSpec::RewardModel { run } => h.reward = Some(RewardScorer::load(run, device)?),
-                MetricSpec::Judge { model, .. } => h.judge = Some(crate::runs::load_base(model, device)?),
+                MetricSpec::Judge { model, .. } => {
+                    h.judge = Some(crate::runs::load_base_with(model, device, crate::model::Packing::Stored)?)
+                }
                 _ => {}
             }
         }
@@ -219,7 +221,8 @@ pub fn run_suite(spec: &SuiteSpec, device: &burn::tensor::Device, progress: &mut
     let mut outputs = Vec::new();
     let mut cards = Vec::new();
     for (k, mref) in spec.models.iter().enumerate() {
-        let m = crate::runs::load_base(mref.path(), device).with_context(|| format!("model {}", mref.path().display()))?;
+        let m = crate::runs::load_base_with(mref.path(), device, crate::model::Packing::Stored)
+            .with_context(|| format!("model {}", mref.path().display()))?;
         cards.push(model_card(mref)?);
         let base = k * items.len();
         outputs.push(score_model(spec, &items, &m, &helpers, &mut |d| progress(base + d, total))?);

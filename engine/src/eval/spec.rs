@@ -257,10 +257,10 @@ pub fn load_items(spec: &SuiteSpec) -> Result<(Vec<Item>, Value)> {
     }
     let choices_col =
         spec.metrics.iter().find_map(|m| if let MetricSpec::Choice { choices, .. } = m { Some(choices.clone()) } else { None });
-    if let Some(c) = &choices_col {
-        if !names.contains(c) {
-            bail!("{f}: choices column `{c}` not found (columns: {})", names.join(", "));
-        }
+    if let Some(c) = &choices_col
+        && !names.contains(c)
+    {
+        bail!("{f}: choices column `{c}` not found (columns: {})", names.join(", "));
     }
     let mut items = Vec::new();
     for (i, r) in data.records.iter().enumerate().take(spec.limit.unwrap_or(usize::MAX)) {

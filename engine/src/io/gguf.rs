@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use half::{bf16, f16};
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,7 +288,7 @@ impl GgufFile {
             })?;
             let offset = r.u64()? as usize;
             let info = TensorInfo { name, dims, ty, offset };
-            if info.n_elements() % ty.block().0 != 0 {
+            if !info.n_elements().is_multiple_of(ty.block().0) {
                 bail!("tensor {:?}: {} elements is not a multiple of the {} block", info.name, info.n_elements(), ty.name());
             }
             tensors.push(info);
@@ -346,124 +345,7 @@ impl GgufFile {
     }
 }
 
-/// Dequantise `data` of type `ty` into `out` (length = number of elements).
-pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
-    let (be, bb) = ty.block();
-    if out.len() % be != 0 || data.len() != out.len() / be * bb {
-        bail!("{}: {} bytes do not hold {} elements", ty.name(), data.len(), out.len());
-    }
-    use rayon::prelude::*;
-    // Work in chunks of many blocks so rayon overhead stays negligible.
-    let blocks_per_chunk = (1 << 16) / be;
-    data.par_chunks(bb * blocks_per_chunk).zip(out.par_chunks_mut(be * blocks_per_chunk)).for_each(|(d, o)| {
-        for (b, y) in d.chunks_exact(bb).zip(o.chunks_exact_mut(be)) {
-            dequant_block(ty, b, y);
-        }
-    });
-    Ok(())
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
-
-fn dequant_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
-    match ty {
-        GgmlType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        GgmlType::F16 => y[0] = f16_at(b, 0),
-        GgmlType::BF16 => y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-        GgmlType::Q4_0 => {
-            let d = f16_at(b, 0);
-            let qs = &b[2..18];
-            for j in 0..16 {
-                y[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
-                y[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
-            }
-        }
-        GgmlType::Q4_1 => {
-            let d = f16_at(b, 0);
-            let m = f16_at(b, 2);
-            let qs = &b[4..20];
-            for j in 0..16 {
-                y[j] = (qs[j] & 0x0F) as f32 * d + m;
-                y[j + 16] = (qs[j] >> 4) as f32 * d + m;
-            }
-        }
-        GgmlType::Q8_0 => {
-            let d = f16_at(b, 0);
-            for j in 0..32 {
-                y[j] = (b[2 + j] as i8) as f32 * d;
-            }
-        }
-        GgmlType::Q4K => {
-            let d = f16_at(b, 0);
-            let dmin = f16_at(b, 2);
-            let scales = &b[4..16];
-            let qs = &b[16..144];
-            for (k, j) in (0..256).step_by(64).enumerate() {
-                let (sc1, m1) = scale_min_k4(2 * k, scales);
-                let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
-                let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-                let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                let q = &qs[32 * k..32 * k + 32];
-                for l in 0..32 {
-                    y[j + l] = d1 * (q[l] & 0x0F) as f32 - m1;
-                    y[j + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
-                }
-            }
-        }
-        GgmlType::Q5K => {
-            let d = f16_at(b, 0);
-            let dmin = f16_at(b, 2);
-            let scales = &b[4..16];
-            let qh = &b[16..48];
-            let qs = &b[48..176];
-            for (k, j) in (0..256).step_by(64).enumerate() {
-                let (sc1, m1) = scale_min_k4(2 * k, scales);
-                let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
-                let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-                let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                let u1 = 1u8 << (2 * k);
-                let u2 = 2u8 << (2 * k);
-                let ql = &qs[32 * k..32 * k + 32];
-                for l in 0..32 {
-                    let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-                    let hi2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-                    y[j + l] = d1 * ((ql[l] & 0x0F) + hi1) as f32 - m1;
-                    y[j + 32 + l] = d2 * ((ql[l] >> 4) + hi2) as f32 - m2;
-                }
-            }
-        }
-        GgmlType::Q6K => {
-            let ql_all = &b[0..128];
-            let qh_all = &b[128..192];
-            let sc_all = &b[192..208];
-            let d = f16_at(b, 208);
-            for half in 0..2 {
-                let ql = &ql_all[64 * half..];
-                let qh = &qh_all[32 * half..];
-                let sc = &sc_all[8 * half..];
-                let yo = 128 * half;
-                for l in 0..32 {
-                    let is = l / 16;
-                    let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
-                    let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                    y[yo + l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                    y[yo + l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                    y[yo + l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                    y[yo + l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                }
-            }
-        }
-    }
-}
-
-/// The 6-bit scale and min of sub-block `j` in a K-quant's packed 12-byte scale array.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) }
-}
+pub use super::quant::dequantize;
 
 /// Undo llama.cpp's q/k row permutation (interleaved RoPE pairs → HF rotate-half halves).
 /// `w` is row-major `[n_head * head_dim, cols]`.
@@ -497,6 +379,7 @@ fn move_qk_rows(w: &[f32], n_head: usize, cols: usize, to_halves: bool) -> Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     #[test]
     fn permute_roundtrip() {

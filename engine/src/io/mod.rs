@@ -2,6 +2,7 @@
 
 pub mod gguf;
 pub mod hash;
+pub mod quant;
 pub mod safetensors;
 
 use std::io::Write;

@@ -108,6 +108,26 @@ impl SafetensorsFolder {
     }
 }
 
+impl SafetensorsFolder {
+    /// A 2-D f16 or bf16 tensor as stored (`None` for other dtypes, which are read as f32).
+    pub fn get_packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<crate::io::quant::PackedMatrix>> {
+        use crate::io::quant::{GgmlType, PackedMatrix};
+        let &i = self.index.get(name).ok_or_else(|| anyhow!("tensor {name:?} not found in the checkpoint"))?;
+        let (path, map) = &self.files[i];
+        let st = SafeTensors::deserialize(map).map_err(|e| anyhow!("{}: malformed safetensors: {e}", path.display()))?;
+        let view = st.tensor(name).map_err(|e| anyhow!("{}: tensor {name:?}: {e}", path.display()))?;
+        if view.shape() != [rows, cols] {
+            bail!("{}: tensor {name:?} has shape {:?}, but the config implies {:?}", path.display(), view.shape(), [rows, cols]);
+        }
+        let ty = match view.dtype() {
+            Dtype::F16 => GgmlType::F16,
+            Dtype::BF16 => GgmlType::BF16,
+            _ => return Ok(None),
+        };
+        Ok(Some(PackedMatrix::new(ty, rows, cols, view.data().to_vec()).map_err(|e| anyhow!("{}: {name}: {e:#}", path.display()))?))
+    }
+}
+
 /// Storage dtype for saved weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

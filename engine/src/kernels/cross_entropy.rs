@@ -51,7 +51,7 @@ pub fn token_logprobs(logits: Tensor<3>, targets: &Tensor<2, Int>) -> (Tensor<2>
 }
 
 multiversion! {
-    fn row_forward(row: &[f32], target: usize) -> (f32, f32, f32) {
+    pub(crate) fn row_forward(row: &[f32], target: usize) -> (f32, f32, f32) {
         let m = simd::max(row);
         if !m.is_finite() {
             // All -inf (or a NaN/inf logit): the composite gives NaN too.
@@ -80,7 +80,7 @@ fn forward(x: &[f32], v: usize, ids: &[usize]) -> (Vec<f32>, Vec<f32>, Vec<f32>)
 
 multiversion! {
     /// `row ← g · (onehot(target) − exp(row − lse))`, in place.
-    fn row_backward(row: &mut [f32], target: usize, lse: f32, g: f32) {
+    pub(crate) fn row_backward(row: &mut [f32], target: usize, lse: f32, g: f32) {
         if g == 0.0 {
             row.fill(0.0);
             return;

@@ -18,13 +18,13 @@ use super::{Prim, ad_tensor, contiguous, data, flex_from, plain_tensor, prim_pai
 
 /// A row-major view of a 2-D operand: pointer offset and (row, column) strides in elements.
 #[derive(Debug, Clone, Copy)]
-struct View {
-    offset: usize,
-    rs: isize,
-    cs: isize,
+pub(crate) struct View {
+    pub(crate) offset: usize,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
 }
 
-fn view2(t: &FlexTensor) -> Option<View> {
+pub(crate) fn view2(t: &FlexTensor) -> Option<View> {
     let l = t.layout();
     let st = l.strides();
     (st.len() == 2 && st[0] >= 0 && st[1] >= 0).then(|| View { offset: l.start_offset(), rs: st[0], cs: st[1] })

@@ -10,8 +10,10 @@
 //! - [`attention::softmax_scores`]: scale, mask and softmax of attention scores;
 //! - [`attention::rope_heads`]: the `[B,T,H,Dh] → [B,H,T,Dh]` head split fused with RoPE;
 //! - [`linear::matmul_last`]: `x · W` for projections and the LM head, one GEMM per product;
+//! - [`qlinear::packed_matmul`]: `x · Wᵀ` for a frozen weight in its storage format (GGUF blocks,
+//!   bf16/f16), dequantised a tile at a time, or dot products from the packed bytes to decode;
 //! - [`mlp::swiglu`]: `silu(gate) * up`;
-//! - [`norm::rms_norm`]: RMSNorm;
+//! - [`norm::rms_norm`], RMSNorm;
 //! - [`optim::adamw_update`] and [`optim::sum_squares`]: the optimiser's update and the gradient
 //!   norm, in place.
 //!
@@ -23,10 +25,12 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod head;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod optim;
+pub mod qlinear;
 mod simd;
 
 use std::cell::Cell;
@@ -206,4 +210,49 @@ pub(crate) fn map_range<R: Send>(n: usize, work: usize, f: impl Fn(usize) -> R +
 pub(crate) fn chunk_len(rows: usize, row_len: usize, target_elems: usize) -> usize {
     let per = (target_elems / row_len.max(1)).max(1);
     per.min(rows.max(1))
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit strides; `dst` has row stride `drs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    drs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lrs: isize,
+    lcs: isize,
+    rhs: &[f32],
+    rrs: isize,
+    rcs: isize,
+    accumulate: bool,
+) {
+    assert!(m == 0 || dst.len() >= (m - 1) * drs + n, "gemm_into: destination too small");
+    let par = if m.saturating_mul(n).saturating_mul(k) >= 96 * 96 * 96 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: every view is in bounds: dst is checked above, lhs is [m, k] and rhs [k, n] with the
+    // given strides (checked by the callers' shapes).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            drs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs,
+            lrs,
+            rhs.as_ptr(),
+            rcs,
+            rrs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }

@@ -90,12 +90,8 @@ pub fn make_packed_batch(rows: &[Vec<&Encoded>], pad: u32, max_len: usize, devic
 /// Summed negative log-likelihood of the target tokens and the number of correct argmax
 /// predictions among them.
 pub fn nll_sum(model: &Transformer, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
-    let logits = match &batch.packing {
-        Some((pos, seg)) => model.logits(model.forward_hidden_packed(batch.inputs.clone(), pos, seg)),
-        None => model.forward(batch.inputs.clone(), None),
-    };
     // A target counts as predicted when its log-prob is the row maximum (argmax, ties aside).
-    let (tok_lp, correct) = crate::kernels::cross_entropy::token_logprobs(logits, &batch.targets);
+    let (tok_lp, correct) = model.target_logprobs(hidden(model, batch), &batch.targets);
     let correct = correct.mul(batch.weights.clone()).sum();
     let nll = tok_lp.neg().mul(batch.weights.clone()).sum();
     (nll, correct)
@@ -103,11 +99,15 @@ pub fn nll_sum(model: &Transformer, batch: &Batch) -> (Tensor<1>, Tensor<1>) {
 
 /// Log-probability of every next token, `[B, T]` (pad positions included; mask with weights).
 pub fn token_logps(model: &Transformer, batch: &Batch) -> Tensor<2> {
-    let logits = match &batch.packing {
-        Some((pos, seg)) => model.logits(model.forward_hidden_packed(batch.inputs.clone(), pos, seg)),
-        None => model.forward(batch.inputs.clone(), None),
-    };
-    crate::kernels::cross_entropy::token_logprobs(logits, &batch.targets).0
+    model.target_logprobs(hidden(model, batch), &batch.targets).0
+}
+
+/// Final hidden states of a batch (packed rows keep their examples apart).
+fn hidden(model: &Transformer, batch: &Batch) -> Tensor<3> {
+    match &batch.packing {
+        Some((pos, seg)) => model.forward_hidden_packed(batch.inputs.clone(), pos, seg),
+        None => model.forward_hidden(batch.inputs.clone(), None),
+    }
 }
 
 /// Summed log-probability of each row's target tokens, `[B]`.

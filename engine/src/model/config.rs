@@ -224,17 +224,17 @@ impl ModelConfig {
             };
             (theta, scaling)
         };
-        if arch == Arch::Llama && model_type == "mistral" {
-            if let (Some(w), Some(ctx)) = (opt_usize(m, "sliding_window", file)?, opt_usize(m, "max_position_embeddings", file)?) {
-                if w < ctx {
-                    // Whetstone runs full attention; exact only up to the window length.
-                    eprintln!(
-                        "note: {}: sliding_window {w} < context {ctx}; Whetstone uses full attention, \
+        if arch == Arch::Llama
+            && model_type == "mistral"
+            && let (Some(w), Some(ctx)) = (opt_usize(m, "sliding_window", file)?, opt_usize(m, "max_position_embeddings", file)?)
+            && w < ctx
+        {
+            // Whetstone runs full attention; exact only up to the window length.
+            eprintln!(
+                "note: {}: sliding_window {w} < context {ctx}; Whetstone uses full attention, \
                          exact for sequences up to {w} tokens",
-                        file.display()
-                    );
-                }
-            }
+                file.display()
+            );
         }
         let act = get(m, "hidden_act").and_then(Value::as_str).unwrap_or("silu").to_string();
         if act != "silu" {

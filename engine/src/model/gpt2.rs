@@ -74,6 +74,7 @@ pub fn from_hf(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<ModelWeights
         layers,
         final_norm: ln("ln_f")?,
         lm_head,
+        packed: Default::default(),
     })
 }
 

@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
-use super::WeightSource;
 use super::config::ModelConfig;
 use super::transformer::{LayerWeights, ModelWeights};
+use super::{Packing, WeightSource};
 use crate::io::HostTensor;
 use crate::io::gguf::{GgufFile, unpermute_qk};
+use crate::io::quant::{GgmlType, PackedMatrix};
 
 type Pair = (HostTensor, Option<HostTensor>);
 
@@ -23,8 +24,18 @@ pub fn from_hf(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<ModelWeights
     let h = cfg.hidden_size;
     let (q_out, kv_out) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
     let i = cfg.intermediate_size;
-    let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Pair> {
-        let w = src.get_shaped(&format!("{name}.weight"), &[out, inp])?;
+    let mut packed = BTreeMap::new();
+    // A projection's weight: packed when the source keeps it so (its dense slot then holds only
+    // the shape), else f32.
+    let mut lin = |slot: String, name: &str, out: usize, inp: usize, bias: bool| -> Result<Pair> {
+        let wname = format!("{name}.weight");
+        let w = match src.packed(&wname, &[out, inp])? {
+            Some(p) => {
+                packed.insert(slot, p);
+                HostTensor { shape: vec![out, inp], data: Vec::new() }
+            }
+            None => src.get_shaped(&wname, &[out, inp])?,
+        };
         let b = if bias { Some(src.get_shaped(&format!("{name}.bias"), &[out])?) } else { None };
         Ok((w, b))
     };
@@ -33,23 +44,24 @@ pub fn from_hf(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<ModelWeights
         let p = format!("model.layers.{l}");
         let a = format!("{p}.self_attn");
         let m = format!("{p}.mlp");
+        let slot = |n: &str| ModelWeights::slot(l, n);
         layers.push(LayerWeights {
             attn_norm: (src.get_shaped(&format!("{p}.input_layernorm.weight"), &[h])?, None),
-            q: lin(&format!("{a}.q_proj"), q_out, h, cfg.qkv_bias)?,
-            k: lin(&format!("{a}.k_proj"), kv_out, h, cfg.qkv_bias)?,
-            v: lin(&format!("{a}.v_proj"), kv_out, h, cfg.qkv_bias)?,
-            o: lin(&format!("{a}.o_proj"), h, q_out, cfg.o_bias)?,
+            q: lin(slot("q"), &format!("{a}.q_proj"), q_out, h, cfg.qkv_bias)?,
+            k: lin(slot("k"), &format!("{a}.k_proj"), kv_out, h, cfg.qkv_bias)?,
+            v: lin(slot("v"), &format!("{a}.v_proj"), kv_out, h, cfg.qkv_bias)?,
+            o: lin(slot("o"), &format!("{a}.o_proj"), h, q_out, cfg.o_bias)?,
             q_norm: if cfg.qk_norm { Some(src.get_shaped(&format!("{a}.q_norm.weight"), &[cfg.head_dim])?) } else { None },
             k_norm: if cfg.qk_norm { Some(src.get_shaped(&format!("{a}.k_norm.weight"), &[cfg.head_dim])?) } else { None },
             mlp_norm: (src.get_shaped(&format!("{p}.post_attention_layernorm.weight"), &[h])?, None),
-            gate: Some(lin(&format!("{m}.gate_proj"), i, h, cfg.mlp_bias)?),
-            up: lin(&format!("{m}.up_proj"), i, h, cfg.mlp_bias)?,
-            down: lin(&format!("{m}.down_proj"), h, i, cfg.mlp_bias)?,
+            gate: Some(lin(slot("gate"), &format!("{m}.gate_proj"), i, h, cfg.mlp_bias)?),
+            up: lin(slot("up"), &format!("{m}.up_proj"), i, h, cfg.mlp_bias)?,
+            down: lin(slot("down"), &format!("{m}.down_proj"), h, i, cfg.mlp_bias)?,
         });
     }
     // Some checkpoints mark embeddings untied but omit lm_head; others tie but still store it.
     let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") {
-        Some(src.get_shaped("lm_head.weight", &[cfg.vocab_size, h])?)
+        Some(lin("lm_head".into(), "lm_head", cfg.vocab_size, h, false)?.0)
     } else {
         None
     };
@@ -59,6 +71,7 @@ pub fn from_hf(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<ModelWeights
         layers,
         final_norm: (src.get_shaped("model.norm.weight", &[h])?, None),
         lm_head,
+        packed,
     })
 }
 
@@ -99,44 +112,92 @@ pub fn to_hf(w: &ModelWeights) -> BTreeMap<String, HostTensor> {
     out
 }
 
-/// Read llama.cpp-named weights from a GGUF file, dequantised, with q/k rows put back into
-/// Hugging Face's rotate-half order.
-pub fn from_gguf(cfg: &ModelConfig, g: &GgufFile) -> Result<ModelWeights> {
+/// The row order that turns llama.cpp's interleaved q/k rows into HF's rotate-half rows: row
+/// `i` of the result is row `perm[i]` of the GGUF tensor.
+fn qk_row_order(n_head: usize, rows: usize) -> Vec<usize> {
+    let head_dim = rows / n_head.max(1);
+    let half = head_dim / 2;
+    let mut perm = vec![0; rows];
+    for h in 0..n_head {
+        for i in 0..half {
+            for p in 0..2 {
+                perm[h * head_dim + p * half + i] = h * head_dim + 2 * i + p;
+            }
+        }
+    }
+    perm
+}
+
+/// Read llama.cpp-named weights from a GGUF file with q/k rows put back into Hugging Face's
+/// rotate-half order: dequantised, or (with `packing` other than `Dense`) the projections and
+/// LM head kept in their quantised blocks.
+pub fn from_gguf(cfg: &ModelConfig, g: &GgufFile, packing: Packing) -> Result<ModelWeights> {
     let h = cfg.hidden_size;
     let (q_out, kv_out) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
     let i = cfg.intermediate_size;
+    let file = g.path.display().to_string();
     let get = |name: &str, shape: &[usize]| -> Result<HostTensor> {
         let (s, d) = g.tensor_f32(name)?;
-        super::check_shape(name, &s, shape, &g.path.display().to_string())?;
+        super::check_shape(name, &s, shape, &file)?;
         Ok(HostTensor::new(s, d))
+    };
+    let mut packed = BTreeMap::new();
+    // A projection: packed in its blocks (quantised ones; F32 only when asked to quantise), or
+    // dequantised. `heads`: the q/k row permutation to undo.
+    let mut lin = |slot: String, name: &str, shape: [usize; 2], heads: Option<usize>| -> Result<HostTensor> {
+        let t = g.tensor_info(name).ok_or_else(|| anyhow!("{file}: tensor {name:?} not found"))?;
+        super::check_shape(name, &t.shape(), &shape, &file)?;
+        let keep = match packing {
+            Packing::Dense => None,
+            Packing::Stored => (t.ty != GgmlType::F32).then_some(None),
+            Packing::Quantize(q) => Some(if t.ty == GgmlType::F32 { Some(q) } else { None }),
+        };
+        let Some(requant) = keep else {
+            let mut w = get(name, &shape)?;
+            if let Some(n) = heads {
+                w.data = unpermute_qk(&w.data, n, shape[1]);
+            }
+            return Ok(w);
+        };
+        let mut p = match requant {
+            Some(q) => PackedMatrix::quantize_or_q8(q, &get(name, &shape)?)?,
+            None => PackedMatrix::new(t.ty, shape[0], shape[1], g.raw(t).to_vec()).map_err(|e| anyhow!("{file}: {name}: {e:#}"))?,
+        };
+        if let Some(n) = heads {
+            p = p.permute_rows(&qk_row_order(n, shape[0]));
+        }
+        packed.insert(slot, p);
+        Ok(HostTensor { shape: shape.to_vec(), data: Vec::new() })
     };
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = format!("blk.{l}");
-        let mut q = get(&format!("{p}.attn_q.weight"), &[q_out, h])?;
-        q.data = unpermute_qk(&q.data, cfg.num_heads, h);
-        let mut k = get(&format!("{p}.attn_k.weight"), &[kv_out, h])?;
-        k.data = unpermute_qk(&k.data, cfg.num_kv_heads, h);
+        let slot = |n: &str| ModelWeights::slot(l, n);
         layers.push(LayerWeights {
             attn_norm: (get(&format!("{p}.attn_norm.weight"), &[h])?, None),
-            q: (q, None),
-            k: (k, None),
-            v: (get(&format!("{p}.attn_v.weight"), &[kv_out, h])?, None),
-            o: (get(&format!("{p}.attn_output.weight"), &[h, q_out])?, None),
+            q: (lin(slot("q"), &format!("{p}.attn_q.weight"), [q_out, h], Some(cfg.num_heads))?, None),
+            k: (lin(slot("k"), &format!("{p}.attn_k.weight"), [kv_out, h], Some(cfg.num_kv_heads))?, None),
+            v: (lin(slot("v"), &format!("{p}.attn_v.weight"), [kv_out, h], None)?, None),
+            o: (lin(slot("o"), &format!("{p}.attn_output.weight"), [h, q_out], None)?, None),
             q_norm: None,
             k_norm: None,
             mlp_norm: (get(&format!("{p}.ffn_norm.weight"), &[h])?, None),
-            gate: Some((get(&format!("{p}.ffn_gate.weight"), &[i, h])?, None)),
-            up: (get(&format!("{p}.ffn_up.weight"), &[i, h])?, None),
-            down: (get(&format!("{p}.ffn_down.weight"), &[h, i])?, None),
+            gate: Some((lin(slot("gate"), &format!("{p}.ffn_gate.weight"), [i, h], None)?, None)),
+            up: (lin(slot("up"), &format!("{p}.ffn_up.weight"), [i, h], None)?, None),
+            down: (lin(slot("down"), &format!("{p}.ffn_down.weight"), [h, i], None)?, None),
         });
     }
-    let lm_head = if g.tensor_info("output.weight").is_some() { Some(get("output.weight", &[cfg.vocab_size, h])?) } else { None };
+    let lm_head = if g.tensor_info("output.weight").is_some() {
+        Some(lin("lm_head".into(), "output.weight", [cfg.vocab_size, h], None)?)
+    } else {
+        None
+    };
     Ok(ModelWeights {
         embed: get("token_embd.weight", &[cfg.vocab_size, h])?,
         pos_embed: None,
         layers,
         final_norm: (get("output_norm.weight", &[h])?, None),
         lm_head,
+        packed,
     })
 }

@@ -3,12 +3,16 @@
 //! saved in PEFT's layout (`adapter_config.json` + `adapter_model.safetensors` with PEFT key
 //! names) and can be merged into the base weights.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::io::quant::PackedMatrix;
 
 /// Which projections get adapters, by their HF short names.
 pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -21,11 +25,15 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Short names: q, k, v, o, gate, up, down (or the HF `q_proj` … forms).
     pub targets: Vec<String>,
+    /// QLoRA: keep the frozen base quantised in memory. A GGUF base stays in its own blocks
+    /// anyway; an HF folder's weights are quantised on load to `q8_0` or `q4_k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize_base: Option<String>,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q".into(), "k".into(), "v".into(), "o".into()] }
+        Self { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q".into(), "k".into(), "v".into(), "o".into()], quantize_base: None }
     }
 }
 
@@ -57,20 +65,65 @@ pub struct LoraAdapter {
     pub dropout: f64,
 }
 
-/// A projection: a (possibly frozen) linear layer and an optional adapter.
+/// A projection: a linear layer (trainable, or frozen — dense, or kept packed in its storage
+/// format) and an optional adapter.
 #[derive(Module, Debug)]
 pub struct Proj {
-    pub base: Linear,
+    /// The dense weight `[in, out]` and bias; absent when the weight is packed.
+    pub base: Option<Linear>,
+    /// The bias of a packed weight.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// A frozen weight in its storage format, `[out, in]` (GGUF blocks, bf16, f16), multiplied
+    /// without being unpacked (`kernels::qlinear`).
+    #[module(skip)]
+    pub packed: Option<Arc<PackedMatrix>>,
     pub lora: Option<LoraAdapter>,
 }
 
 impl Proj {
     pub fn new(base: Linear) -> Self {
-        Self { base, lora: None }
+        Self { base: Some(base), bias: None, packed: None, lora: None }
+    }
+
+    /// A frozen projection over a packed `[out, in]` weight.
+    pub fn packed(w: PackedMatrix, bias: Option<Param<Tensor<1>>>) -> Self {
+        Self { base: None, bias: bias.map(|b| b.set_require_grad(false)), packed: Some(Arc::new(w)), lora: None }
+    }
+
+    /// `(in, out)` features.
+    pub fn dims(&self) -> (usize, usize) {
+        match (&self.packed, &self.base) {
+            (Some(w), _) => (w.cols, w.rows),
+            (None, Some(b)) => {
+                let [i, o] = b.weight.val().dims();
+                (i, o)
+            }
+            (None, None) => (0, 0),
+        }
+    }
+
+    /// Bytes the frozen packed weight holds (0 when dense).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |w| w.bytes())
+    }
+
+    /// The base's output, without the adapter.
+    fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match (&self.packed, &self.base) {
+            (Some(w), _) => {
+                let y = crate::kernels::qlinear::packed_matmul(x, w);
+                match &self.bias {
+                    Some(b) => y + b.val().unsqueeze::<D>(),
+                    None => y,
+                }
+            }
+            (None, Some(b)) => super::blocks::linear_forward(b, x),
+            (None, None) => panic!("a projection without weights"),
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = super::blocks::linear_forward(&self.base, x.clone());
+        let y = self.base_forward(x.clone());
         match &self.lora {
             None => y,
             Some(l) => {
@@ -88,7 +141,7 @@ impl Proj {
 
     /// Add an adapter (A from `rng`, B zero) and freeze the base.
     pub fn add_lora(self, cfg: &LoraConfig, rng: &mut ChaCha8Rng, device: &Device) -> Self {
-        let [d_in, d_out] = self.base.weight.val().dims();
+        let (d_in, d_out) = self.dims();
         let bound = 1.0 / (d_in as f64).sqrt();
         let a: Vec<f32> = (0..d_in * cfg.rank).map(|_| rng.random_range(-bound..bound) as f32).collect();
         let adapter = LoraAdapter {
@@ -97,12 +150,31 @@ impl Proj {
             scale: cfg.alpha / cfg.rank as f64,
             dropout: cfg.dropout,
         };
-        Self { base: self.base.no_grad(), lora: Some(adapter) }
+        Self { base: self.base.map(|b| b.no_grad()), bias: self.bias, packed: self.packed, lora: Some(adapter) }
     }
 
-    /// Fold the adapter into the base weight: `W + scale · A·B`.
+    /// The base as a dense linear layer (a packed weight unpacked to f32).
+    pub fn dense_base(&self) -> Linear {
+        match (&self.packed, &self.base) {
+            (Some(w), _) => {
+                let device = self
+                    .lora
+                    .as_ref()
+                    .map(|l| l.a.val().device())
+                    .or_else(|| self.bias.as_ref().map(|b| b.val().device()))
+                    .unwrap_or_else(Device::flex);
+                let mut l = super::blocks::linear_from_host(&w.to_host(), None, &device);
+                l.bias = self.bias.clone();
+                l
+            }
+            (None, Some(b)) => b.clone(),
+            (None, None) => panic!("a projection without weights"),
+        }
+    }
+
+    /// Fold the adapter into the base weight: `W + scale · A·B` (dense).
     pub fn merged(&self) -> Linear {
-        let mut base = self.base.clone();
+        let mut base = self.dense_base();
         if let Some(l) = &self.lora {
             let w = base.weight.val() + l.a.val().matmul(l.b.val()) * l.scale;
             base.weight = Param::from_tensor(w.detach());
@@ -189,7 +261,7 @@ pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
         .iter()
         .filter_map(|x| x.as_str().map(str::to_string))
         .collect();
-    Ok(LoraConfig { rank, alpha, dropout, targets })
+    Ok(LoraConfig { rank, alpha, dropout, targets, quantize_base: None })
 }
 
 /// Put a saved PEFT adapter onto `model` (which must not have adapters yet).
@@ -220,8 +292,8 @@ pub fn load_peft(model: Transformer, dir: &Path) -> Result<(Transformer, LoraCon
         slots.push(("up_proj", &mut l.mlp.up));
         slots.push(("down_proj", &mut l.mlp.down));
         for (name, p) in slots {
+            let (d_in, d_out) = p.dims();
             if let Some(ad) = p.lora.as_mut() {
-                let [d_in, d_out] = p.base.weight.val().dims();
                 ad.a = Param::from_tensor(load(peft_key(i, name, "A"), cfg.rank, d_in)?);
                 ad.b = Param::from_tensor(load(peft_key(i, name, "B"), d_out, cfg.rank)?);
             }

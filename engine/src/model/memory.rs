@@ -66,22 +66,96 @@ pub fn weight_bytes(cfg: &ModelConfig) -> usize {
     cfg.num_params().saturating_mul(F32)
 }
 
-/// Activations autodiff keeps for one forward and backward pass over `rows × seq` tokens.
+/// Bytes of a model's weights as [`super::Packing`] holds them: packed projections and LM head at
+/// their stored (or quantised) size, everything else f32. `path` is the model file or folder.
+pub fn resident_weight_bytes(path: &std::path::Path, cfg: &ModelConfig, packing: super::Packing) -> Result<usize> {
+    use super::Packing;
+    use crate::io::quant::GgmlType;
+    if packing == Packing::Dense || cfg.arch == Arch::Gpt2 {
+        return Ok(weight_bytes(cfg));
+    }
+    let per = |ty: GgmlType, n: usize| {
+        let (be, bb) = ty.block();
+        (n / be.max(1)).saturating_mul(bb)
+    };
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let g = crate::io::gguf::GgufFile::open(path)?;
+        let packable = |n: &str| {
+            n == "output.weight"
+                || ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+                    .iter()
+                    .any(|p| n.ends_with(&format!(".{p}.weight")))
+        };
+        let mut total = 0usize;
+        for t in &g.tensors {
+            let n = t.n_elements();
+            let bytes = match packing {
+                Packing::Stored if packable(&t.name) && t.ty != GgmlType::F32 => t.n_bytes(),
+                Packing::Quantize(q) if packable(&t.name) => {
+                    if t.ty == GgmlType::F32 {
+                        per(q, n)
+                    } else {
+                        t.n_bytes()
+                    }
+                }
+                _ => n.saturating_mul(F32),
+            };
+            total = total.saturating_add(bytes);
+        }
+        return Ok(total);
+    }
+    let h = cfg.hidden_size;
+    let q = cfg.num_heads.saturating_mul(cfg.head_dim);
+    let kv = cfg.num_kv_heads.saturating_mul(cfg.head_dim);
+    let i = cfg.intermediate_size;
+    let per_layer = [h * q, 2 * h * kv, q * h, 3 * h * i].iter().fold(0usize, |a, &b| a.saturating_add(b));
+    let mut proj = per_layer.saturating_mul(cfg.num_layers);
+    if !cfg.tie_word_embeddings {
+        proj = proj.saturating_add(cfg.vocab_size.saturating_mul(h));
+    }
+    let stored = match packing {
+        Packing::Quantize(t) => per(t, proj),
+        _ => match cfg.source_dtype.as_str() {
+            "bfloat16" | "float16" | "bf16" | "f16" => proj.saturating_mul(2),
+            _ => proj.saturating_mul(F32),
+        },
+    };
+    Ok(weight_bytes(cfg).saturating_sub(proj.saturating_mul(F32)).saturating_add(stored))
+}
+
+/// Activations autodiff keeps for one forward and backward pass over `rows × seq` tokens, with
+/// the LM head's loss read in chunks (`kernels::head`): every layer's activations, or with
+/// `recompute` (per-layer activation checkpointing) one layer's plus each layer's input.
 pub fn activation_bytes(cfg: &ModelConfig, rows: usize, seq: usize) -> usize {
+    layer_bytes(cfg, rows, seq).saturating_mul(cfg.num_layers).saturating_add(head_chunk_bytes(cfg))
+}
+
+/// [`activation_bytes`] with per-layer recomputation.
+pub fn activation_bytes_recomputed(cfg: &ModelConfig, rows: usize, seq: usize) -> usize {
+    let inputs = rows.saturating_mul(seq).saturating_mul(cfg.hidden_size).saturating_mul(F32).saturating_mul(cfg.num_layers + 1);
+    layer_bytes(cfg, rows, seq).saturating_add(inputs).saturating_add(head_chunk_bytes(cfg))
+}
+
+/// One decoder layer's activations for `rows × seq` tokens.
+fn layer_bytes(cfg: &ModelConfig, rows: usize, seq: usize) -> usize {
     let tokens = rows.saturating_mul(seq);
     let h = cfg.hidden_size;
     let q = cfg.num_heads.saturating_mul(cfg.head_dim);
     let kv = cfg.num_kv_heads.saturating_mul(cfg.head_dim);
     let mlp = cfg.intermediate_size.saturating_mul(if cfg.arch == Arch::Gpt2 { 2 } else { 4 });
-    // Per layer and token: norms and residuals (4h), q/k/v/o and RoPE copies (3q + 4kv), MLP
+    // Per token: norms and residuals (4h), q/k/v/o and RoPE copies (3q + 4kv), MLP
     // intermediates, and the attention scores and probabilities (2 · heads · seq).
-    let per_layer_token =
+    let per_token =
         [h.saturating_mul(4), q.saturating_mul(3), kv.saturating_mul(4), mlp, cfg.num_heads.saturating_mul(seq).saturating_mul(2)]
             .iter()
             .fold(0usize, |a, &b| a.saturating_add(b));
-    // Logits, log-softmax and their gradient.
-    let head = cfg.vocab_size.saturating_mul(3);
-    F32.saturating_mul(tokens).saturating_mul(cfg.num_layers.saturating_mul(per_layer_token).saturating_add(head))
+    F32.saturating_mul(tokens).saturating_mul(per_token)
+}
+
+/// The LM head's loss works on chunks of about 16 M logits: one chunk and its gradient.
+fn head_chunk_bytes(cfg: &ModelConfig) -> usize {
+    let rows = ((1usize << 24) / cfg.vocab_size.max(1)).max(16);
+    rows.saturating_mul(cfg.vocab_size).saturating_mul(F32).saturating_mul(2)
 }
 
 /// Trainable parameters of LoRA adapters on `cfg`.

@@ -22,17 +22,54 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::io::gguf::GgufFile;
+use crate::io::quant::{GgmlType, PackedMatrix};
 use crate::io::safetensors::{SafetensorsFolder, SaveDtype, write_safetensors};
 use crate::io::{HostTensor, atomic_write, refuse_pickle};
 use crate::text::tokenizer::Tokenizer;
 pub use config::{Arch, ModelConfig};
 pub use transformer::{KvCache, ModelWeights, Transformer, ids_tensor};
 
+/// How frozen weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Packing {
+    /// Every weight as f32, trainable (full fine-tuning; any device).
+    #[default]
+    Dense,
+    /// Projection and LM-head weights stay in the format they are stored in (GGUF blocks, bf16,
+    /// f16), frozen; f32 weights stay f32. For inference and as a LoRA base, on the CPU.
+    Stored,
+    /// As `Stored`, and f32/bf16/f16 projection weights are quantised to this type on load (QLoRA
+    /// from an HF folder).
+    Quantize(GgmlType),
+}
+
+impl Packing {
+    /// `quantize_base` of a job: `q8_0` or `q4_k`.
+    pub fn parse_quantize(s: &str) -> Result<Self> {
+        Ok(Packing::Quantize(match s.to_ascii_lowercase().as_str() {
+            "q8_0" => GgmlType::Q8_0,
+            "q4_k" => GgmlType::Q4K,
+            other => bail!("quantize_base = {other:?}: use \"q8_0\" or \"q4_k\""),
+        }))
+    }
+
+    /// The packing a device can run: packed weights need the CPU kernels (elsewhere they would
+    /// be unpacked on every use), so other devices get `Dense`.
+    pub fn for_device(self, device: &Device) -> Self {
+        let cpu = crate::kernels::fused_for(&Tensor::<1>::zeros([1], device));
+        if cpu { self } else { Packing::Dense }
+    }
+}
+
 /// Where weights come from, by Hugging Face tensor name.
 pub trait WeightSource {
     fn get(&self, name: &str) -> Result<HostTensor>;
     fn has(&self, name: &str) -> bool;
     fn describe(&self) -> String;
+    /// The weight `name` packed as the source's packing asks (`None`: read it dense).
+    fn packed(&self, _name: &str, _shape: &[usize]) -> Result<Option<PackedMatrix>> {
+        Ok(None)
+    }
     /// `get` plus a shape check that names the tensor and the file.
     fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let t = self.get(name).map_err(|e| anyhow!("{}: {e:#}", self.describe()))?;
@@ -51,6 +88,7 @@ pub fn check_shape(name: &str, got: &[usize], want: &[usize], file: &str) -> Res
 struct FolderSource {
     dir: PathBuf,
     st: SafetensorsFolder,
+    packing: Packing,
 }
 
 impl WeightSource for FolderSource {
@@ -62,6 +100,17 @@ impl WeightSource for FolderSource {
     }
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+    fn packed(&self, name: &str, shape: &[usize]) -> Result<Option<PackedMatrix>> {
+        let [rows, cols] = shape[..] else { return Ok(None) };
+        match self.packing {
+            Packing::Dense => Ok(None),
+            Packing::Stored => self.st.get_packed(name, rows, cols),
+            Packing::Quantize(ty) => {
+                let w = self.get_shaped(name, shape)?;
+                Ok(Some(PackedMatrix::quantize_or_q8(ty, &w).map_err(|e| anyhow!("{}: {name}: {e:#}", self.describe()))?))
+            }
+        }
     }
 }
 
@@ -103,7 +152,7 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     pub tied_embeddings: bool,
     pub rope_theta: f64,
-    /// f32 weights in memory.
+    /// Weights in memory as loaded (packed weights in their storage format, the rest f32).
     pub weights_bytes: usize,
     /// KV cache for one sequence at full context, f32.
     pub kv_cache_bytes_full_context: usize,
@@ -161,6 +210,11 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
 
 /// Host weights of any supported checkpoint, by architecture.
 pub fn read_weights(path: &Path) -> Result<(ModelConfig, ModelWeights, Tokenizer, SourceFormat, PathBuf)> {
+    read_weights_with(path, Packing::Dense)
+}
+
+/// [`read_weights`], keeping weights packed as `packing` asks.
+pub fn read_weights_with(path: &Path, packing: Packing) -> Result<(ModelConfig, ModelWeights, Tokenizer, SourceFormat, PathBuf)> {
     let (format, p) = classify(path)?;
     match format {
         SourceFormat::HfFolder => {
@@ -169,7 +223,9 @@ pub fn read_weights(path: &Path) -> Result<(ModelConfig, ModelWeights, Tokenizer
                 bail!("{}: no config.json", p.display());
             }
             let cfg = ModelConfig::from_hf_json(&cfg_path)?;
-            let src = FolderSource { dir: p.clone(), st: SafetensorsFolder::open(&p)? };
+            // GPT-2 stores Conv1D (transposed) weights with fused q/k/v: always dense.
+            let packing = if cfg.arch == Arch::Gpt2 { Packing::Dense } else { packing };
+            let src = FolderSource { dir: p.clone(), st: SafetensorsFolder::open(&p)?, packing };
             let w = match cfg.arch {
                 Arch::Llama => llama::from_hf(&cfg, &src)?,
                 Arch::Qwen2 => qwen2::from_hf(&cfg, &src)?,
@@ -182,7 +238,7 @@ pub fn read_weights(path: &Path) -> Result<(ModelConfig, ModelWeights, Tokenizer
         SourceFormat::Gguf => {
             let g = GgufFile::open(&p)?;
             let cfg = ModelConfig::from_gguf(&g)?;
-            let w = llama::from_gguf(&cfg, &g)?;
+            let w = llama::from_gguf(&cfg, &g, packing)?;
             let tok = Tokenizer::from_gguf(&g)?;
             Ok((cfg, w, tok, format, p))
         }
@@ -190,8 +246,15 @@ pub fn read_weights(path: &Path) -> Result<(ModelConfig, ModelWeights, Tokenizer
 }
 
 impl LoadedModel {
+    /// Load with every weight as f32 (trainable).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (config, weights, tokenizer, format, source) = read_weights(path)?;
+        Self::load_with(path, device, Packing::Dense)
+    }
+
+    /// Load keeping frozen weights packed as `packing` asks (on the CPU; other devices load
+    /// dense). Packed weights take no gradient: use them for inference and as a LoRA base.
+    pub fn load_with(path: &Path, device: &Device, packing: Packing) -> Result<Self> {
+        let (config, weights, tokenizer, format, source) = read_weights_with(path, packing.for_device(device))?;
         let model = Transformer::from_weights(&config, &weights, device);
         let generation_eos = if format == SourceFormat::HfFolder { generation_eos(&source) } else { vec![] };
         Ok(Self { config, tokenizer, model, device: device.clone(), source, format, generation_eos })
@@ -227,7 +290,7 @@ impl LoadedModel {
             vocab_size: c.vocab_size,
             tied_embeddings: c.tie_word_embeddings,
             rope_theta: c.rope_theta,
-            weights_bytes: params * 4,
+            weights_bytes: self.model.resident_bytes(),
             kv_cache_bytes_full_context: c.kv_bytes_per_token() * c.max_position_embeddings,
             chat_template: self.tokenizer.chat_template.is_some(),
             eos_tokens: self.eos_ids().iter().filter_map(|&i| self.tokenizer.id_to_token(i)).collect(),
@@ -252,10 +315,10 @@ impl LoadedModel {
         }
         self.check_len(ids.len())?;
         let t = ids.len();
-        let logits = self.model.forward(ids_tensor(ids, &self.device), None);
+        let hidden = self.model.forward_hidden(ids_tensor(&ids[..t - 1], &self.device), None);
         let targets: Vec<i32> = ids[1..].iter().map(|&x| x as i32).collect();
         let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [1, t - 1]), &self.device);
-        let (lp, _) = crate::kernels::cross_entropy::token_logprobs(logits.slice_dim(1, 0..t - 1), &idx);
+        let (lp, _) = self.model.target_logprobs(hidden, &idx);
         lp.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))
     }
 

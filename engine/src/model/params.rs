@@ -90,3 +90,29 @@ pub fn read_all(path: &std::path::Path) -> Result<BTreeMap<String, HostTensor>> 
     let st = SafetensorsFolder::open_file(path)?;
     st.names().map(|n| Ok((n.to_string(), st.get(n)?))).collect()
 }
+
+/// Sum two sets of gradients parameter by parameter (a parameter in only one keeps its own).
+pub fn add_grads<M: Module>(
+    model: &M,
+    mut a: burn::optim::GradientsParams,
+    mut b: burn::optim::GradientsParams,
+) -> burn::optim::GradientsParams {
+    use burn::optim::GradientsParams;
+    struct Add<'a> {
+        a: &'a mut GradientsParams,
+        b: &'a mut GradientsParams,
+    }
+    impl ModuleVisitor for Add<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(gb) = self.b.remove::<D>(p.id) {
+                let sum = match self.a.remove::<D>(p.id) {
+                    Some(ga) => ga + gb,
+                    None => gb,
+                };
+                self.a.register::<D>(p.id, sum);
+            }
+        }
+    }
+    model.visit(&mut Add { a: &mut a, b: &mut b });
+    a
+}

@@ -3,6 +3,9 @@
 //! Architecture files (`llama.rs`, `qwen2.rs`, `qwen3.rs`, `gpt2.rs`) translate their checkpoint
 //! names and layouts to and from [`ModelWeights`]; this file turns those into burn modules.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -13,6 +16,7 @@ use super::blocks::{
 use super::config::{Arch, ModelConfig};
 use super::lora::{LoraConfig, Proj};
 use crate::io::HostTensor;
+use crate::io::quant::PackedMatrix;
 
 /// Host-side weights of one block, PyTorch layouts (`[out, in]` for projections).
 #[derive(Debug, Clone)]
@@ -41,6 +45,22 @@ pub struct ModelWeights {
     pub final_norm: (HostTensor, Option<HostTensor>),
     /// `[vocab, hidden]`; `None` when tied to `embed`.
     pub lm_head: Option<HostTensor>,
+    /// Frozen weights kept in their storage format, by slot (`"3.q"`, `"3.down"`, `"lm_head"`).
+    /// A slot listed here has an empty dense tensor above (its shape only): loaders that keep
+    /// weights packed never expand them to f32. [`Transformer::to_weights`] never fills it.
+    pub packed: BTreeMap<String, PackedMatrix>,
+}
+
+impl ModelWeights {
+    /// The packed slot for layer `l`'s projection `name` (`q`, `k`, `v`, `o`, `gate`, `up`, `down`).
+    pub fn slot(l: usize, name: &str) -> String {
+        format!("{l}.{name}")
+    }
+
+    /// Bytes held in packed form.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.values().map(|p| p.bytes()).sum()
+    }
 }
 
 #[derive(Module, Debug)]
@@ -49,6 +69,24 @@ pub struct Block {
     pub attn: Attention,
     pub mlp_norm: Norm,
     pub mlp: Mlp,
+}
+
+impl Block {
+    /// The pre-norm block: `x + attn(norm(x))`, then `+ mlp(norm(·))`.
+    pub fn forward(&self, x: Tensor<3>, rope: Option<&(Tensor<4>, Tensor<4>)>, mask: Option<&Tensor<4, burn::tensor::Bool>>) -> Tensor<3> {
+        self.forward_cached(x, rope, mask, None)
+    }
+
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&(Tensor<4>, Tensor<4>)>,
+        mask: Option<&Tensor<4, burn::tensor::Bool>>,
+        slot: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), rope, mask, slot);
+        x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
+    }
 }
 
 #[derive(Module, Debug)]
@@ -60,6 +98,9 @@ pub struct Transformer {
     pub final_norm: Norm,
     /// `[hidden, vocab]` when untied.
     pub lm_head: Option<burn::nn::Linear>,
+    /// An untied LM head kept packed (`[vocab, hidden]`), frozen.
+    #[module(skip)]
+    pub lm_head_packed: Option<Arc<PackedMatrix>>,
     #[module(skip)]
     pub inv_freq: Vec<f32>,
 }
@@ -84,17 +125,21 @@ impl Transformer {
         let rms = cfg.arch != Arch::Gpt2;
         let eps = cfg.norm_eps;
         let norm = |n: &(HostTensor, Option<HostTensor>)| Norm::from_host(&n.0, n.1.as_ref(), eps, rms, device);
-        let lin = |l: &(HostTensor, Option<HostTensor>)| Proj::new(linear_from_host(&l.0, l.1.as_ref(), device));
+        let lin = |i: usize, name: &str, l: &(HostTensor, Option<HostTensor>)| match w.packed.get(&ModelWeights::slot(i, name)) {
+            Some(p) => Proj::packed(p.clone(), l.1.as_ref().map(|b| super::blocks::param1(b, device))),
+            None => Proj::new(linear_from_host(&l.0, l.1.as_ref(), device)),
+        };
         let layers = w
             .layers
             .iter()
-            .map(|l| Block {
+            .enumerate()
+            .map(|(i, l)| Block {
                 attn_norm: norm(&l.attn_norm),
                 attn: Attention {
-                    q: lin(&l.q),
-                    k: lin(&l.k),
-                    v: lin(&l.v),
-                    o: lin(&l.o),
+                    q: lin(i, "q", &l.q),
+                    k: lin(i, "k", &l.k),
+                    v: lin(i, "v", &l.v),
+                    o: lin(i, "o", &l.o),
                     q_norm: l.q_norm.as_ref().map(|n| Norm::from_host(n, None, eps, true, device)),
                     k_norm: l.k_norm.as_ref().map(|n| Norm::from_host(n, None, eps, true, device)),
                     n_heads: cfg.num_heads,
@@ -102,7 +147,7 @@ impl Transformer {
                     head_dim: cfg.head_dim,
                 },
                 mlp_norm: norm(&l.mlp_norm),
-                mlp: Mlp { gate: l.gate.as_ref().map(lin), up: lin(&l.up), down: lin(&l.down) },
+                mlp: Mlp { gate: l.gate.as_ref().map(|g| lin(i, "gate", g)), up: lin(i, "up", &l.up), down: lin(i, "down", &l.down) },
             })
             .collect();
         Self {
@@ -110,7 +155,8 @@ impl Transformer {
             pos_embed: w.pos_embed.as_ref().map(|p| param2(p, device)),
             layers,
             final_norm: norm(&w.final_norm),
-            lm_head: w.lm_head.as_ref().map(|h| linear_from_host(h, None, device)),
+            lm_head: if w.packed.contains_key("lm_head") { None } else { w.lm_head.as_ref().map(|h| linear_from_host(h, None, device)) },
+            lm_head_packed: w.packed.get("lm_head").map(|p| Arc::new(p.clone())),
             inv_freq: if cfg.arch == Arch::Gpt2 { vec![] } else { rope_inv_freq(cfg) },
         }
     }
@@ -180,8 +226,33 @@ impl Transformer {
                 })
                 .collect(),
             final_norm: norm(&self.final_norm),
-            lm_head: self.lm_head.as_ref().map(|l| linear_to_host(l).0),
+            lm_head: match (&self.lm_head, &self.lm_head_packed) {
+                (Some(l), _) => Some(linear_to_host(l).0),
+                (None, Some(p)) => Some(p.to_host()),
+                (None, None) => None,
+            },
+            packed: BTreeMap::new(),
         }
+    }
+
+    /// Bytes of the weights as held in memory: packed weights in their storage format, the
+    /// rest as f32.
+    pub fn resident_bytes(&self) -> usize {
+        let mut total = 0usize;
+        struct Count<'a>(&'a mut usize);
+        impl burn::module::ModuleVisitor for Count<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                *self.0 += p.val().dims().iter().product::<usize>() * 4;
+            }
+        }
+        self.visit(&mut Count(&mut total));
+        let packed: usize = self.projections().iter().map(|(_, _, p)| p.packed_bytes()).sum();
+        total + packed + self.lm_head_packed.as_ref().map_or(0, |p| p.bytes())
+    }
+
+    /// Whether any weight is kept packed (frozen in its storage format).
+    pub fn has_packed(&self) -> bool {
+        self.lm_head_packed.is_some() || self.projections().iter().any(|(_, _, p)| p.packed.is_some())
     }
 
     /// A copy for inference: parameters moved off the autodiff graph.
@@ -206,10 +277,10 @@ impl Transformer {
         }
         let rope = if self.inv_freq.is_empty() { None } else { Some(rope_tables(&self.inv_freq, offset, t, &device)) };
         let mask = if t > 1 { Some(causal_mask(t, offset, &device)) } else { None };
-        if let Some(c) = cache.as_deref_mut() {
-            if c.layers.len() != self.layers.len() {
-                c.layers = vec![None; self.layers.len()];
-            }
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.layers.len()
+        {
+            c.layers = vec![None; self.layers.len()];
         }
         let _ = b;
         self.blocks(x, rope.as_ref(), mask.as_ref(), cache)
@@ -231,6 +302,93 @@ impl Transformer {
         self.blocks(x, rope.as_ref(), Some(&mask), None)
     }
 
+    /// One backward pass of `loss(model, hidden)` with every decoder layer recomputed
+    /// (activation checkpointing per layer): the forward pass keeps only each layer's input
+    /// (`[B, T, hidden]`), and the backward pass rebuilds one layer's graph at a time from the
+    /// top, so a step holds one layer's activations instead of all of them. `packed`: the rows'
+    /// positions and segments for packed batches. Returns the loss and the gradients of every
+    /// parameter that takes one — the same as `loss(...).backward()` on the whole graph.
+    pub fn recomputed_grads(
+        &self,
+        ids: Tensor<2, Int>,
+        packed: Option<(&[Vec<usize>], &[Vec<u32>])>,
+        loss: &mut dyn FnMut(&Self, Tensor<3>) -> Tensor<1>,
+    ) -> (f64, burn::optim::GradientsParams) {
+        use burn::optim::GradientsParams;
+        let ad = ids.device();
+        let plain = self.valid();
+        let pdev = plain.device();
+        let [b, t] = ids.dims();
+        let host: Vec<i64> = ids.clone().try_into_vec_as::<i64>().expect("int ids");
+        let pids = Tensor::<2, Int>::from_data(TensorData::new(host, [b, t]), &pdev);
+        // Positions, RoPE tables and masks, on both devices.
+        let aux = |m: &Self, dev: &Device| {
+            let rope = if m.inv_freq.is_empty() {
+                None
+            } else {
+                Some(match packed {
+                    Some((pos, _)) => rope_tables_at(&m.inv_freq, pos, dev),
+                    None => rope_tables(&m.inv_freq, 0, t, dev),
+                })
+            };
+            let mask = match packed {
+                Some((_, seg)) => Some(packed_mask(seg, dev)),
+                None => (t > 1).then(|| causal_mask(t, 0, dev)),
+            };
+            (rope, mask)
+        };
+        let embed = |m: &Self, ids: Tensor<2, Int>, dev: &Device| {
+            let mut x = burn::tensor::module::embedding(m.embed.val(), ids);
+            if let Some(p) = &m.pos_embed {
+                let flat: Vec<i32> = match packed {
+                    Some((pos, _)) => pos.iter().flatten().map(|&p| p as i32).collect(),
+                    None => (0..b).flat_map(|_| 0..t as i32).collect(),
+                };
+                let pos = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), dev);
+                x = x + burn::tensor::module::embedding(p.val(), pos);
+            }
+            x
+        };
+        // Forward without a graph, keeping every layer's input.
+        let (prope, pmask) = aux(&plain, &pdev);
+        let mut xs = vec![embed(&plain, pids, &pdev)];
+        for layer in &plain.layers {
+            let x = xs.last().expect("input").clone();
+            xs.push(layer.forward(x, prope.as_ref(), pmask.as_ref()));
+        }
+        let mut grads: Option<GradientsParams> = None;
+        let mut add = |g: GradientsParams| {
+            grads = Some(match grads.take() {
+                None => g,
+                Some(a) => super::params::add_grads(self, a, g),
+            });
+        };
+        // The top: final norm, head and loss.
+        let top = Tensor::<3>::from_inner(xs.pop().expect("last hidden")).require_grad();
+        let l = loss(self, self.final_norm.forward(top.clone()));
+        let value = l.clone().into_scalar::<f32>() as f64;
+        let g = l.backward();
+        let mut dx = top.grad(&g).map(Tensor::<3>::from_inner);
+        add(GradientsParams::from_grads(g, self));
+        // Each layer, from the top down.
+        let (rope, mask) = aux(self, &ad);
+        for layer in self.layers.iter().rev() {
+            let Some(d) = dx.take() else { break };
+            let x = Tensor::<3>::from_inner(xs.pop().expect("layer input")).require_grad();
+            let y = layer.forward(x.clone(), rope.as_ref(), mask.as_ref());
+            let g = (y * d).sum().backward();
+            dx = x.grad(&g).map(Tensor::<3>::from_inner);
+            add(GradientsParams::from_grads(g, self));
+        }
+        // The embeddings, when they train.
+        let trains = self.embed.val().is_require_grad() || self.pos_embed.as_ref().is_some_and(|p| p.val().is_require_grad());
+        if let (Some(d), true) = (dx, trains) {
+            let e = embed(self, ids, &ad);
+            add(GradientsParams::from_grads((e * d).sum().backward(), self));
+        }
+        (value, grads.unwrap_or_default())
+    }
+
     fn blocks(
         &self,
         mut x: Tensor<3>,
@@ -240,21 +398,34 @@ impl Transformer {
     ) -> Tensor<3> {
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let h = layer.attn.forward(layer.attn_norm.forward(x.clone()), rope, mask, slot);
-            x = x + h;
-            let h = layer.mlp.forward(layer.mlp_norm.forward(x.clone()));
-            x = x + h;
+            x = layer.forward_cached(x, rope, mask, slot);
         }
         self.final_norm.forward(x)
     }
 
     /// Logits `[B, T, vocab]` from hidden states.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        if let Some(p) = &self.lm_head_packed {
+            return crate::kernels::qlinear::packed_matmul(hidden, p);
+        }
         match &self.lm_head {
             Some(head) => super::blocks::linear_forward(head, hidden),
             // `embed` is `[vocab, hidden]`; its transpose is a strided view, not a copy.
             None => crate::kernels::linear::matmul_last(hidden, self.embed.val().transpose()),
         }
+    }
+
+    /// Log-probs of `targets` and argmax flags, `[B, T]`, from hidden states: the LM head and
+    /// the log-softmax fused a chunk of rows at a time, so `[B, T, vocab]` logits are never
+    /// held whole (`kernels::head`).
+    pub fn target_logprobs(&self, hidden: Tensor<3>, targets: &Tensor<2, Int>) -> (Tensor<2>, Tensor<2>) {
+        use crate::kernels::head::{Head, head_logprobs};
+        let head = match (&self.lm_head_packed, &self.lm_head) {
+            (Some(p), _) => Head::Packed(p),
+            (None, Some(l)) => Head::Dense(l.weight.val()),
+            (None, None) => Head::Dense(self.embed.val().transpose()),
+        };
+        head_logprobs(hidden, head, targets)
     }
 
     pub fn forward(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {

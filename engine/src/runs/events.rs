@@ -104,11 +104,11 @@ impl EventSink {
     }
 
     pub fn emit(&mut self, e: JobEvent) {
-        if let Some(f) = &mut self.file {
-            if let Ok(line) = serde_json::to_string(&e) {
-                let _ = writeln!(f, "{line}");
-                let _ = f.flush();
-            }
+        if let Some(f) = &mut self.file
+            && let Ok(line) = serde_json::to_string(&e)
+        {
+            let _ = writeln!(f, "{line}");
+            let _ = f.flush();
         }
         (self.out)(e);
     }

@@ -15,9 +15,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::model::LoadedModel;
 use crate::model::lora::LoraConfig;
 use crate::model::params::{read_all, set_named_params};
+use crate::model::{LoadedModel, Packing};
 use crate::text::tokenizer::Tokenizer;
 pub use card::{RunCard, RunStatus};
 pub use events::{EvalRecord, EventSink, JobEvent, StepRecord, read_metrics};
@@ -127,9 +127,18 @@ pub fn tokenizer(path: &Path) -> Result<Tokenizer> {
 }
 
 /// Load a model to start from: an HF folder, a GGUF file, or the output of an earlier run
-/// (its newest checkpoint, LoRA merged in), so pipelines chain run to run.
+/// (its newest checkpoint, LoRA merged in), so pipelines chain run to run. Every weight f32.
 pub fn load_base(path: &Path, device: &Device) -> Result<LoadedModel> {
+    load_base_with(path, device, Packing::Dense)
+}
+
+/// [`load_base`] with frozen weights packed as `packing` asks (a model file's; a run's tuned
+/// weights are always f32).
+pub fn load_base_with(path: &Path, device: &Device, packing: Packing) -> Result<LoadedModel> {
     chain(path)?;
+    if !is_run_dir(path) {
+        return LoadedModel::load_with(path, device, packing);
+    }
     load_base_unchecked(path, device)
 }
 

@@ -168,12 +168,12 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, add_special_tokens).map_err(|e| anyhow!("tokenizer: {e}"))?;
         let mut ids = enc.get_ids().to_vec();
-        if add_special_tokens && self.add_bos {
-            if let Some(b) = self.bos_id() {
-                if ids.first() != Some(&b) {
-                    ids.insert(0, b);
-                }
-            }
+        if add_special_tokens
+            && self.add_bos
+            && let Some(b) = self.bos_id()
+            && ids.first() != Some(&b)
+        {
+            ids.insert(0, b);
         }
         Ok(ids)
     }
@@ -227,18 +227,18 @@ impl Tokenizer {
     /// Write `tokenizer.json`, `tokenizer_config.json` and (if any) `chat_template.jinja` into `dir`.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
         let mut inner = self.inner.clone();
-        if self.add_bos {
-            if let (Some(b), Some(bid)) = (self.bos_token.clone(), self.bos_id()) {
-                let pp = tokenizers::processors::template::TemplateProcessing::builder()
-                    .try_single(format!("{b} $A"))
-                    .map_err(|e| anyhow!("{e}"))?
-                    .try_pair(format!("{b} $A {b} $B"))
-                    .map_err(|e| anyhow!("{e}"))?
-                    .special_tokens(vec![(b.clone(), bid)])
-                    .build()
-                    .map_err(|e| anyhow!("{e}"))?;
-                inner.with_post_processor(Some(pp));
-            }
+        if self.add_bos
+            && let (Some(b), Some(bid)) = (self.bos_token.clone(), self.bos_id())
+        {
+            let pp = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single(format!("{b} $A"))
+                .map_err(|e| anyhow!("{e}"))?
+                .try_pair(format!("{b} $A {b} $B"))
+                .map_err(|e| anyhow!("{e}"))?
+                .special_tokens(vec![(b.clone(), bid)])
+                .build()
+                .map_err(|e| anyhow!("{e}"))?;
+            inner.with_post_processor(Some(pp));
         }
         let tj = inner.to_string(true).map_err(|e| anyhow!("tokenizer: {e}"))?;
         crate::io::atomic_write(&dir.join("tokenizer.json"), tj.as_bytes())?;

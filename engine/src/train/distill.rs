@@ -24,7 +24,7 @@ use crate::generate::{GenerateOptions, sample_completion};
 use crate::model::batch::make_batch;
 use crate::model::params::set_named_params;
 use crate::model::{ModelConfig, Transformer};
-use crate::runs::{Checkpoint, base_config, load_base};
+use crate::runs::{Checkpoint, base_config, load_base_with};
 use crate::text::sft::{Encoded, encode};
 
 /// `[distill]` section.
@@ -74,7 +74,7 @@ impl DistillConfig {
         if !self.teacher.exists() {
             bail!("distill.teacher not found: {}", self.teacher.display());
         }
-        if !(self.temperature > 0.0) {
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
             bail!("distill.temperature must be positive");
         }
         Ok(())
@@ -134,7 +134,7 @@ impl DistillTrainer {
     pub fn build(s: Setup) -> Result<Self> {
         let d = s.spec.distill.clone().ok_or_else(|| anyhow::anyhow!("method `distill` needs a [distill] section"))?;
         let tok = &s.base.tokenizer;
-        let teacher = load_base(&d.teacher, &s.device)?;
+        let teacher = load_base_with(&d.teacher, &s.device, crate::model::Packing::Stored)?;
         if teacher.config.vocab_size != s.base.config.vocab_size {
             bail!(
                 "teacher and student vocabularies differ ({} vs {}); distillation needs one tokenizer",

@@ -50,6 +50,8 @@ pub struct DpoTrainer {
     pub max_grad_norm: Option<f64>,
     pub pairs: Vec<EncodedPair>,
     pub pad: u32,
+    /// Recompute each layer in the backward pass (`train.gradient_checkpointing`).
+    pub recompute: bool,
     ref_cache: HashMap<Vec<u32>, f32>,
 }
 
@@ -83,7 +85,7 @@ fn host(t: Tensor<1>) -> Vec<f32> {
 impl DpoTrainer {
     pub fn new(policy: Transformer, optim: AdamW, cfg: DpoConfig, max_grad_norm: Option<f64>, pairs: Vec<EncodedPair>, pad: u32) -> Self {
         let reference = policy.without_autodiff();
-        Self { policy, reference, optim, cfg, max_grad_norm, pairs, pad, ref_cache: HashMap::new() }
+        Self { policy, reference, optim, cfg, max_grad_norm, pairs, pad, recompute: false, ref_cache: HashMap::new() }
     }
 
     pub fn build(s: Setup) -> Result<Self> {
@@ -98,7 +100,9 @@ impl DpoTrainer {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::new(s.policy.clone(), s.adamw(), s.spec.dpo.clone().unwrap_or_default(), s.clip(), pairs, s.pad))
+        let mut t = Self::new(s.policy.clone(), s.adamw(), s.spec.dpo.clone().unwrap_or_default(), s.clip(), pairs, s.pad);
+        t.recompute = s.spec.train.gradient_checkpointing;
+        Ok(t)
     }
 
     /// Reference log-probs of sequences, computed once each and cached.
@@ -114,23 +118,34 @@ impl DpoTrainer {
         seqs.iter().map(|e| self.ref_cache[&e.ids]).collect()
     }
 
-    /// The DPO loss of pairs `idx` under `policy` (mean over them), with their stats.
-    fn loss(&mut self, policy: &Transformer, idx: &[usize], stats: &mut PairStats) -> Tensor<1> {
-        let n = idx.len();
+    /// The batch of pairs `idx` (chosen rows, then rejected rows) and their reference log-probs.
+    fn pair_batch(&mut self, idx: &[usize], device: &burn::tensor::Device) -> (crate::model::batch::Batch, Vec<f32>) {
         let pairs: Vec<EncodedPair> = idx.iter().map(|&i| self.pairs[i].clone()).collect();
         let seqs: Vec<&Encoded> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
         let refs = self.reference_logps(&seqs);
-        let device = policy.device();
-        let logps = sequence_logps(policy, &make_batch(&seqs, self.pad, &device));
+        (make_batch(&seqs, self.pad, device), refs)
+    }
+
+    /// The DPO loss (mean over the pairs) from the policy's summed log-probs `[2n]`, with stats.
+    fn loss_from(&self, logps: Tensor<1>, refs: &[f32], stats: &mut PairStats) -> Tensor<1> {
+        let n = refs.len() / 2;
+        let device = logps.device();
         let (pc, pr) = (logps.clone().slice_dim(0, 0..n), logps.slice_dim(0, n..2 * n));
         let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
-        let (loss, rw_c, rw_r) =
-            dpo_loss(pc.clone(), pr.clone(), t(&refs[..n]), t(&refs[n..]), self.cfg.beta, self.cfg.label_smoothing, self.cfg.variant);
+        let c = &self.cfg;
+        let (loss, rw_c, rw_r) = dpo_loss(pc.clone(), pr.clone(), t(&refs[..n]), t(&refs[n..]), c.beta, c.label_smoothing, c.variant);
         stats.rc.extend(host(rw_c));
         stats.rr.extend(host(rw_r));
         stats.pc.extend(host(pc.detach()));
         stats.pr.extend(host(pr.detach()));
         loss
+    }
+
+    /// The DPO loss of pairs `idx` under `policy` (mean over them), with their stats.
+    fn loss(&mut self, policy: &Transformer, idx: &[usize], stats: &mut PairStats) -> Tensor<1> {
+        let (batch, refs) = self.pair_batch(idx, &policy.device());
+        let logps = sequence_logps(policy, &batch);
+        self.loss_from(logps, &refs, stats)
     }
 }
 
@@ -145,7 +160,22 @@ impl Trainer for DpoTrainer {
         let (mut acc, mut stats, mut loss, mut tokens) = (Accum::new(), PairStats::default(), 0.0, 0);
         let policy = self.policy.clone();
         for m in micro {
-            let l = self.loss(&policy, m, &mut stats) * share(m.len(), total);
+            let w = share(m.len(), total);
+            if self.recompute {
+                let (batch, refs) = self.pair_batch(m, &policy.device());
+                let this = &*self;
+                let (l, g) = policy.recomputed_grads(batch.inputs.clone(), None, &mut |p, h| {
+                    let [b, _] = batch.inputs.dims();
+                    let lp = p.target_logprobs(h, &batch.targets).0;
+                    let seq = (lp * batch.weights.clone()).sum_dim(1).reshape([b]);
+                    this.loss_from(seq, &refs, &mut stats) * w
+                });
+                loss += l;
+                acc.add(&policy, g);
+                tokens += m.iter().map(|&i| self.pairs[i].chosen.ids.len() + self.pairs[i].rejected.ids.len()).sum::<usize>();
+                continue;
+            }
+            let l = self.loss(&policy, m, &mut stats) * w;
             loss += l.clone().into_scalar::<f32>() as f64;
             acc.backward(&policy, l);
             tokens += m.iter().map(|&i| self.pairs[i].chosen.ids.len() + self.pairs[i].rejected.ids.len()).sum::<usize>();

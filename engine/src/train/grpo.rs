@@ -69,10 +69,10 @@ impl GrpoConfig {
         if self.group_size < 2 {
             bail!("grpo.group_size must be at least 2 (advantages compare answers within a group)");
         }
-        if let Some(r) = &self.reward_model {
-            if !r.join("job.toml").exists() {
-                bail!("reward model run not found: {}", r.display());
-            }
+        if let Some(r) = &self.reward_model
+            && !r.join("job.toml").exists()
+        {
+            bail!("reward model run not found: {}", r.display());
         }
         for r in &self.rules {
             r.rule.validate()?;

@@ -125,7 +125,7 @@ impl ModuleMapper for AdamWMapper<'_> {
             one_minus_beta2: (1.0 - c.beta2) as f32,
             sqrt_bc2: (1.0 - c.beta2.powi(t)).sqrt() as f32,
             eps: c.eps as f32,
-            decay: (c.weight_decay != 0.0).then(|| (1.0 - self.lr * c.weight_decay) as f32),
+            decay: (c.weight_decay != 0.0).then_some((1.0 - self.lr * c.weight_decay) as f32),
             step_size: (self.lr / (1.0 - c.beta1.powi(t))) as f32,
             grad_scale: self.grad_scale as f32,
         };
@@ -179,7 +179,15 @@ impl Accum {
         let g = GradientsParams::from_grads(loss.backward(), model);
         self.grads = Some(match self.grads.take() {
             None => g,
-            Some(acc) => add_grads(model, acc, g),
+            Some(acc) => crate::model::params::add_grads(model, acc, g),
+        });
+    }
+
+    /// Add gradients computed elsewhere (e.g. layer by layer, `Transformer::recomputed_grads`).
+    pub fn add<M: Module>(&mut self, model: &M, g: GradientsParams) {
+        self.grads = Some(match self.grads.take() {
+            None => g,
+            Some(acc) => crate::model::params::add_grads(model, acc, g),
         });
     }
 
@@ -203,27 +211,6 @@ pub fn backward_step<M: Module>(module: M, loss: Tensor<1>, optim: &mut AdamW, l
     let mut acc = Accum::new();
     acc.backward(&module, loss);
     acc.apply(module, optim, lr, max_grad_norm)
-}
-
-/// Sum two sets of gradients parameter by parameter.
-fn add_grads<M: Module>(model: &M, mut a: GradientsParams, mut b: GradientsParams) -> GradientsParams {
-    struct Add<'a> {
-        a: &'a mut GradientsParams,
-        b: &'a mut GradientsParams,
-    }
-    impl ModuleVisitor for Add<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if let Some(gb) = self.b.remove::<D>(p.id) {
-                let sum = match self.a.remove::<D>(p.id) {
-                    Some(ga) => ga + gb,
-                    None => gb,
-                };
-                self.a.register::<D>(p.id, sum);
-            }
-        }
-    }
-    model.visit(&mut Add { a: &mut a, b: &mut b });
-    a
 }
 
 /// The learning rates of one step: `lr` for the main optimiser, and `scale` (the schedule's

@@ -93,10 +93,10 @@ impl PpoConfig {
         if self.reward_model.is_none() && self.rules.is_empty() {
             bail!("method `ppo` needs [ppo] reward_model = \"runs/<reward run>\" or [[ppo.rules]]");
         }
-        if let Some(r) = &self.reward_model {
-            if !r.join("job.toml").exists() {
-                bail!("reward model run not found: {}", r.display());
-            }
+        if let Some(r) = &self.reward_model
+            && !r.join("job.toml").exists()
+        {
+            bail!("reward model run not found: {}", r.display());
         }
         if self.ppo_epochs == 0 {
             bail!("ppo.ppo_epochs must be at least 1");

@@ -7,7 +7,7 @@ use burn::tensor::Device;
 
 use super::spec::{JobSpec, Method};
 use crate::model::ModelConfig;
-use crate::model::memory::{MemoryEstimate, activation_bytes, available_memory, lora_params, weight_bytes};
+use crate::model::memory::{MemoryEstimate, activation_bytes, activation_bytes_recomputed, available_memory, lora_params, weight_bytes};
 use crate::runs::base_config;
 
 /// Bytes of `[rows, seq, vocab]` f32 logits.
@@ -20,7 +20,15 @@ fn logits_bytes(cfg: &ModelConfig, rows: usize, seq: usize) -> usize {
 pub fn estimate(spec: &JobSpec, cfg: &ModelConfig) -> Result<MemoryEstimate> {
     let t = &spec.train;
     let (rows, seq) = (t.batch_size, t.max_seq_len);
-    let weights = weight_bytes(cfg);
+    let act = |rows: usize, seq: usize| {
+        if t.gradient_checkpointing { activation_bytes_recomputed(cfg, rows, seq) } else { activation_bytes(cfg, rows, seq) }
+    };
+    // A run folder's model loads as f32 (its tuned weights); a model file as the job packs it.
+    let weights = if crate::runs::is_run_dir(&spec.model) {
+        crate::model::memory::weight_bytes(cfg)
+    } else {
+        crate::model::memory::resident_weight_bytes(&spec.model, cfg, spec.packing()?)?
+    };
     let trainable = match &spec.lora {
         Some(l) => lora_params(cfg, l)?,
         None => cfg.num_params(),
@@ -29,14 +37,14 @@ pub fn estimate(spec: &JobSpec, cfg: &ModelConfig) -> Result<MemoryEstimate> {
     // whole second model for full fine-tuning.
     let reference_copy = if spec.lora.is_some() { 0 } else { weights };
     Ok(match spec.method {
-        Method::Sft => MemoryEstimate::from_parts(weights, 0, trainable, activation_bytes(cfg, rows, seq)),
+        Method::Sft => MemoryEstimate::from_parts(weights, 0, trainable, act(rows, seq)),
         Method::Reward => MemoryEstimate::from_parts(
             weights,
             0,
             trainable.saturating_add(cfg.hidden_size),
             activation_bytes(cfg, rows.saturating_mul(2), seq),
         ),
-        Method::Dpo => MemoryEstimate::from_parts(weights, reference_copy, trainable, activation_bytes(cfg, rows.saturating_mul(2), seq)),
+        Method::Dpo => MemoryEstimate::from_parts(weights, reference_copy, trainable, act(rows.saturating_mul(2), seq)),
         Method::Grpo => {
             let g = spec.grpo.clone().unwrap_or_default();
             let seq = seq.saturating_add(g.max_new_tokens);

@@ -22,7 +22,7 @@ use crate::data::dataset::{epoch_order, held_out_split};
 use crate::model::LoadedModel;
 use crate::runs::card::{BaseModelCard, FinalMetrics, RunCard, RunStatus, Versions};
 use crate::runs::{
-    Checkpoint, EvalRecord, EventSink, JobEvent, RunDir, StepRecord, TrainState, base_config, is_run_dir, latest_checkpoint, load_base,
+    Checkpoint, EvalRecord, EventSink, JobEvent, RunDir, StepRecord, TrainState, base_config, is_run_dir, latest_checkpoint, load_base_with,
 };
 
 /// Something that runs after optimiser steps with the model being trained, such as an
@@ -141,7 +141,8 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
     let memory = super::preflight::estimate(&spec, &config)?;
     super::preflight::check(&spec, &memory, &device)?;
 
-    let base = load_base(&spec.model, &ad)?;
+    // A LoRA base is frozen: it stays in its storage format (or is quantised, QLoRA).
+    let base = load_base_with(&spec.model, &ad, spec.packing()?)?;
     let stop_ids = base.eos_ids();
     let eos = base.tokenizer.eos_id().or_else(|| stop_ids.first().copied());
     let pad = base.tokenizer.pad_id().or(eos).unwrap_or(0);
@@ -241,11 +242,12 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
             sink.emit(JobEvent::Step(rec.clone()));
             last = Some(rec);
             let done = state.step == total_steps;
-            if !eval_idx.is_empty() && (done || (tc.eval_every > 0 && state.step % tc.eval_every == 0)) {
-                if let Some(e) = trainer.evaluate(&eval_idx, tc.batch_size, state.step)? {
-                    sink.emit(JobEvent::Eval(e.clone()));
-                    last_eval = Some(e);
-                }
+            if !eval_idx.is_empty()
+                && (done || (tc.eval_every > 0 && state.step % tc.eval_every == 0))
+                && let Some(e) = trainer.evaluate(&eval_idx, tc.batch_size, state.step)?
+            {
+                sink.emit(JobEvent::Eval(e.clone()));
+                last_eval = Some(e);
             }
             for h in hooks.iter_mut().filter(|h| h.due(state.step, done)) {
                 let Some(model) = trainer.language_model() else { continue };

@@ -24,12 +24,14 @@ pub struct SftTrainer {
     pub pad: u32,
     pub max_seq_len: usize,
     pub packing: bool,
+    /// Recompute each layer in the backward pass (`train.gradient_checkpointing`).
+    pub recompute: bool,
 }
 
 impl SftTrainer {
     /// A trainer over already-encoded examples (benchmarks and tests build one directly).
     pub fn new(model: Transformer, optim: AdamW, max_grad_norm: Option<f64>, examples: Vec<Encoded>, pad: u32) -> Self {
-        Self { model, optim, max_grad_norm, examples, pad, max_seq_len: usize::MAX, packing: false }
+        Self { model, optim, max_grad_norm, examples, pad, max_seq_len: usize::MAX, packing: false, recompute: false }
     }
 
     pub fn build(s: Setup) -> Result<Self> {
@@ -46,6 +48,7 @@ impl SftTrainer {
         let mut tr = Self::new(s.policy.clone(), s.adamw(), s.clip(), encoded, s.pad);
         tr.max_seq_len = t.max_seq_len;
         tr.packing = t.packing;
+        tr.recompute = t.gradient_checkpointing;
         Ok(tr)
     }
 
@@ -66,10 +69,23 @@ impl SftTrainer {
         let mut acc = Accum::new();
         let (mut loss_sum, mut correct_sum, mut tokens) = (0.0, 0.0, 0);
         for b in micro {
+            tokens += b.n_tokens;
+            if self.recompute {
+                let mut correct = 0.0;
+                let packed = b.packing.as_ref().map(|(p, s)| (p.as_slice(), s.as_slice()));
+                let (l, g) = self.model.recomputed_grads(b.inputs.clone(), packed, &mut |m, h| {
+                    let (lp, c) = m.target_logprobs(h, &b.targets);
+                    correct = (c * b.weights.clone()).sum().into_scalar::<f32>() as f64;
+                    (lp * b.weights.clone()).sum().neg() / total as f64
+                });
+                loss_sum += l * total as f64;
+                correct_sum += correct;
+                acc.add(&self.model, g);
+                continue;
+            }
             let (nll, correct) = nll_sum(&self.model, b);
             loss_sum += nll.clone().into_scalar::<f32>() as f64;
             correct_sum += correct.into_scalar::<f32>() as f64;
-            tokens += b.n_tokens;
             acc.backward(&self.model, nll / total as f64);
         }
         let (model, grad_norm) = acc.apply(self.model.clone(), &mut self.optim, lr, self.max_grad_norm);
