@@ -1,10 +1,12 @@
 """Side-by-side for `whetstone bench train`: one SFT training step (forward, backward, global-norm
-clip, AdamW) of SmolLM2-135M-shaped weights on random tokens, batch 4 x 256, CPU, float32.
+clip, AdamW) of SmolLM2-135M-shaped weights on random tokens, batch 4 x 256, CPU: float32, or
+with `--autocast bf16` the forward pass (and so the backward) under
+`torch.autocast("cpu", dtype=torch.bfloat16)` over float32 master weights, PyTorch's mixed precision.
 
   pip install torch transformers gguf accelerate peft
-  python bench/train_step_pytorch.py ~/.cache/whetstone/models/SmolLM2-135M-Instruct.Q4_1.gguf [--lora-rank 8]
+  python bench/train_step_pytorch.py ~/.cache/whetstone/models/SmolLM2-135M-Instruct.Q4_1.gguf [--lora-rank 8] [--autocast bf16]
 """
-import argparse, json, os, statistics, time
+import argparse, contextlib, json, os, statistics, time
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -14,6 +16,7 @@ ap.add_argument("--batch", type=int, default=4)
 ap.add_argument("--seq", type=int, default=256)
 ap.add_argument("--lora-rank", type=int)
 ap.add_argument("--steps", type=int, default=3)
+ap.add_argument("--autocast", choices=["bf16"], help="mixed precision: the forward pass under torch.autocast")
 a = ap.parse_args()
 torch.set_num_threads(os.cpu_count())
 torch.manual_seed(0)
@@ -30,8 +33,10 @@ ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq + 1))
 times = []
 for i in range(a.steps + 1):
     t = time.perf_counter()
-    logits = model(input_ids=ids[:, :-1]).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    with torch.autocast("cpu", dtype=torch.bfloat16) if a.autocast else contextlib.nullcontext():
+        logits = model(input_ids=ids[:, :-1]).logits
+        # Inside the context, so autocast runs the loss in float32 as its recipe does.
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
@@ -40,6 +45,7 @@ for i in range(a.steps + 1):
         times.append(time.perf_counter() - t)
 step = statistics.median(times)
 print(json.dumps({"bench": "train", "impl": f"torch {torch.__version__}", "mode": "lora" if a.lora_rank else "full",
+                  "precision": "autocast-bf16" if a.autocast else "f32",
                   "threads": torch.get_num_threads(), "batch": a.batch, "seq": a.seq,
                   "trainable_parameters": sum(p.numel() for p in params), "steps": a.steps,
                   "step_seconds": step, "tokens_per_second": a.batch * a.seq / step}))

@@ -230,9 +230,9 @@ fn a_training_step_is_the_same_fused_or_composite() {
     assert_close("weights after 3 steps", &fused.1, &composite.1, 1e-4);
 }
 
-/// `x · Wᵀ` with W packed (bf16, Q8_0, Q4_K): the tiled GEMM path (many rows) and the dot-product
-/// path (a few rows, as in decoding) against the composite form on the dequantised weight, and
-/// the input gradient (W is frozen).
+/// `x · Wᵀ` with W packed (bf16 and every block format with a dot-product kernel): the tiled GEMM
+/// path (many rows) and the dot-product path (one row and a few, as in decoding) against the
+/// composite form on the dequantised weight, and the input gradient (W is frozen).
 #[test]
 fn packed_matmul_matches_the_dequantised_weight() {
     use std::sync::Arc;
@@ -241,9 +241,9 @@ fn packed_matmul_matches_the_dequantised_weight() {
     let d = dev();
     let (din, dout) = (512, 300);
     let w = HostTensor::new(vec![dout, din], seeded(dout * din).iter().map(|v| v * 0.05).collect());
-    for ty in [GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4K] {
+    for ty in [GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K] {
         let p = Arc::new(PackedMatrix::quantize(ty, &w).unwrap());
-        for rows in [3, 40] {
+        for rows in [1, 3, 40] {
             let x = random([1, rows, din], &d);
             let r = compare_fn(&x, |x| qlinear::packed_matmul(x.clone(), &p));
             compare(&format!("{} x{rows}", ty.name()), r, 2e-5);

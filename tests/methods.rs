@@ -244,7 +244,7 @@ fn every_method_resumes_exactly_after_kill_9() {
 /// layer's activations, for full fine-tuning and LoRA, and its memory estimate is lower.
 #[test]
 fn gradient_checkpointing_gives_the_same_updates_in_less_memory() {
-    for method in ["sft", "dpo"] {
+    for method in ["sft", "dpo", "grpo", "distill"] {
         for lora in ["", "[lora]\nrank = 4\nalpha = 8\ntargets = [\"q\", \"v\", \"down\"]\n"] {
             let tmp = tempfile::tempdir().unwrap();
             let d = tmp.path();
@@ -259,7 +259,7 @@ fn gradient_checkpointing_gives_the_same_updates_in_less_memory() {
             let recomputed = run(&add_lora(job(d, method, "recomputed", &format!("{base}gradient_checkpointing = true\n"))));
             for (a, b) in steps(&plain).iter().zip(steps(&recomputed).iter()) {
                 assert!((a.loss - b.loss).abs() < 1e-5 * a.loss.abs().max(1.0), "{method} {lora}: loss {} vs {}", a.loss, b.loss);
-                assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm, "{method}: grad norm {} vs {}", a.grad_norm, b.grad_norm);
+                assert!((a.grad_norm - b.grad_norm).abs() <= 1e-4 * a.grad_norm, "{method}: grad norm {} vs {}", a.grad_norm, b.grad_norm);
             }
             let (max, _) = diff(&trained(d, "plain"), &trained(d, "recomputed"));
             assert!(max < 1e-5, "{method} {lora}: parameters differ by {max}");

@@ -143,3 +143,39 @@ fn lora_jobs_keep_the_base_packed() {
     let bad = job("[lora]\nrank = 8\nquantize_base = \"q3_x\"\n").unwrap();
     assert!(format!("{:#}", bad.validate().unwrap_err()).contains("quantize_base"));
 }
+
+/// An adapter Whetstone trained on a Q4_K base, against PEFT: transformers loads the GGUF (every
+/// projection Q4_K, dequantised by gguf-py), PEFT loads the adapter Whetstone exported, and
+/// `fixtures/qlora-q4k/reference.json` holds the log-probs they compute
+/// (`fixtures/make_qlora_fixture.py`). Whetstone, with the base kept in its blocks, computes the
+/// same with and without the adapter.
+#[test]
+fn adapter_trained_on_a_q4_k_base_matches_peft_on_the_dequantised_base() {
+    use whetstone_engine::model::lora::load_peft;
+    let dir = fixture("qlora-q4k");
+    let r = reference(&dir);
+    assert!(r["made_by"].as_str().unwrap().contains("peft"));
+    let mut m = LoadedModel::load_with(&dir.join("tiny-llama-q4_k.gguf"), &Device::flex(), Packing::Stored).unwrap();
+    let projections = m.model.projections();
+    assert_eq!(projections.len(), 2 * 7);
+    for (layer, name, p) in projections {
+        let ty = p.packed.as_ref().map(|w| w.ty);
+        assert_eq!(ty, Some(GgmlType::Q4K), "layer {layer} {name} is not kept as Q4_K");
+    }
+    let prompts = r["prompts"].as_array().unwrap();
+    let check = |m: &LoadedModel, key: &str, tol: f64| {
+        for p in prompts {
+            let text = p["text"].as_str().unwrap();
+            let ids = m.tokenizer.encode(text, true).unwrap();
+            assert_eq!(ids, u32s(&p["ids"]), "{text:?}: token ids");
+            let d = max_abs_diff(&m.token_logprobs(&ids).unwrap(), &f64s(&p[key]));
+            assert!(d < tol, "{key} for {text:?}: differs from the reference by {d}");
+        }
+    };
+    check(&m, "base_token_logprobs", 1e-4);
+    let (adapted, cfg) = load_peft(m.model.clone(), &dir.join("adapter")).unwrap();
+    assert_eq!((cfg.rank as u64, cfg.target_names().unwrap().len()), (r["lora_r"].as_u64().unwrap(), 7));
+    m.model = adapted;
+    assert!(m.model.has_packed(), "the adapter goes on the packed base");
+    check(&m, "adapted_token_logprobs", 1e-4);
+}

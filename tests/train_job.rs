@@ -180,6 +180,30 @@ fn job_paths_resolve_relative_to_the_file_and_home() {
     assert_eq!(s.train, whetstone_engine::train::TrainSpec::default());
 }
 
+/// A job file named without a folder (`whetstone train job.toml`, run where it lies) with
+/// relative paths: the run card holds absolute ones, so the run exports from anywhere.
+#[test]
+fn a_job_started_from_its_own_folder_exports_from_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_data(tmp.path());
+    let base = tmp.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-models/llama")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, base.join(f.file_name().unwrap())).unwrap();
+    }
+    let text = "method = \"sft\"\nmodel = \"base\"\nname = \"rel\"\n[dataset]\npath = \"triage.jsonl\"\n[train]\nmax_steps = 1\nbatch_size = 2\n[lora]\nrank = 2\n";
+    std::fs::write(tmp.path().join("job.toml"), text).unwrap();
+    let o = std::process::Command::new(whetstone_bin()).args(["train", "job.toml"]).current_dir(tmp.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = tmp.path().join("runs/rel");
+    let card = std::fs::read_to_string(run.join("job.toml")).unwrap();
+    assert!(card.contains(&format!("{:?}", base.display().to_string())), "the run card names the model by an absolute path: {card}");
+    let out = tmp.path().join("adapter");
+    let o = whetstone(&["export", run.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success() && out.join("adapter_model.safetensors").exists(), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_job_files_give_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();

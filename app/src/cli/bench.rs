@@ -1,6 +1,7 @@
 //! `whetstone bench …`: speed measurements recorded in docs/benchmarks.md. Each prints the
 //! machine, the settings and the figures, as text or JSON.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -56,15 +57,35 @@ pub struct PpoArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    #[command(flatten)]
-    pub model: super::ModelArgs,
+    /// An HF model folder or a .gguf file (or --shape).
+    #[arg(required_unless_present = "shape")]
+    pub model: Option<PathBuf>,
+    /// cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Load a LoRA base as f32 instead of keeping it packed.
+    #[arg(long)]
+    pub f32: bool,
+    /// Random weights in a real architecture's shape instead of a model file: llama3-8b,
+    /// qwen2.5-0.5b, qwen2.5-1.5b or smollm2-135m.
+    #[arg(long, conflicts_with = "model")]
+    pub shape: Option<String>,
+    /// With --shape and LoRA: hold the frozen base as q4_k, q8_0 or bf16 (default f32).
+    #[arg(long, requires = "shape")]
+    pub quant: Option<String>,
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     #[arg(long, default_value_t = 256)]
     pub seq: usize,
-    /// Train LoRA adapters of this rank on q, k, v, o instead of every weight.
+    /// Train LoRA adapters of this rank instead of every weight.
     #[arg(long)]
     pub lora_rank: Option<usize>,
+    /// LoRA targets: comma-separated short names, or `all` for the seven projections.
+    #[arg(long, default_value = "q,k,v,o")]
+    pub targets: String,
+    /// Recompute each decoder layer in the backward pass.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
@@ -154,59 +175,133 @@ fn bench_generate(a: GenArgs) -> Result<()> {
 
 fn bench_train(a: TrainArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
+    use whetstone_engine::io::quant::GgmlType;
     use whetstone_engine::model::batch::make_batch;
     use whetstone_engine::model::lora::LoraConfig;
+    use whetstone_engine::model::synthetic::{peak_rss_bytes, random_weights, shape_config};
+    use whetstone_engine::model::{Packing, Transformer};
     use whetstone_engine::text::sft::Encoded;
     use whetstone_engine::train::optim::{AdamW, AdamWConfig};
     use whetstone_engine::train::sft::SftTrainer;
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let device = a.model.device()?.autodiff();
+    let device = whetstone_engine::device::parse_device(&a.device)?.autodiff();
+    let targets: Vec<String> = if a.targets == "all" {
+        ["q", "k", "v", "o", "gate", "up", "down"].map(String::from).to_vec()
+    } else {
+        a.targets.split(',').map(|t| t.trim().to_string()).collect()
+    };
+    let lora = a.lora_rank.map(|r| LoraConfig { rank: r, alpha: 2.0 * r as f64, targets: targets.clone(), ..Default::default() });
+    if let Some(l) = &lora {
+        l.target_names()?;
+    }
+    let t_load = Instant::now();
     // Full fine-tuning trains every weight (f32); a LoRA base is frozen and stays packed
     // (GGUF blocks, bf16/f16) unless --f32.
-    let packing = if a.lora_rank.is_some() && !a.model.f32 {
-        whetstone_engine::model::Packing::Stored
-    } else {
-        whetstone_engine::model::Packing::Dense
+    let (cfg, model, what) = match (&a.model, &a.shape) {
+        (Some(p), _) => {
+            let packing = if lora.is_some() && !a.f32 { Packing::Stored } else { Packing::Dense };
+            let m = LoadedModel::load_with(p, &device, packing)?;
+            (m.config.clone(), m.model, p.display().to_string())
+        }
+        (None, Some(shape)) => {
+            let cfg = shape_config(shape)?;
+            let packed = match a.quant.as_deref() {
+                None => None,
+                Some(_) if lora.is_none() => bail!("--quant packs a frozen base: use it with --lora-rank"),
+                Some("q4_k") => Some(GgmlType::Q4K),
+                Some("q8_0") => Some(GgmlType::Q8_0),
+                Some("bf16") => Some(GgmlType::BF16),
+                Some(other) => bail!("--quant {other}: use q4_k, q8_0 or bf16"),
+            };
+            let w = random_weights(&cfg, packed, 0)?;
+            let m = Transformer::from_weights(&cfg, &w, &device);
+            (cfg, m, format!("{shape} (random weights{})", a.quant.as_deref().map(|q| format!(", {q} base")).unwrap_or_default()))
+        }
+        (None, None) => bail!("give a model or --shape"),
     };
-    let m = LoadedModel::load_with(&a.model.model, &device, packing)?;
-    let vocab = m.config.vocab_size as u32;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let resident = model.resident_bytes();
+    let vocab = cfg.vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let examples: Vec<Encoded> = (0..a.batch)
         .map(|_| Encoded { ids: (0..a.seq + 1).map(|_| rng.random_range(0..vocab)).collect(), target: vec![true; a.seq + 1] })
         .collect();
-    let model = match a.lora_rank {
-        Some(r) => m.model.clone().with_lora(&LoraConfig { rank: r, alpha: 2.0 * r as f64, ..Default::default() }, 0)?,
-        None => m.model.clone(),
+    let model = match &lora {
+        Some(l) => model.with_lora(l, 0)?,
+        None => model,
     };
     let trainable = whetstone_engine::train::method::count_trainable(&model);
+    // The same estimate a job of this shape gets before it loads anything.
+    let mut spec = whetstone_engine::train::JobSpec::new(
+        whetstone_engine::train::Method::Sft,
+        PathBuf::from(&what),
+        whetstone_engine::data::DatasetSpec::file(""),
+    );
+    spec.lora = lora.clone();
+    spec.train.batch_size = a.batch;
+    spec.train.max_seq_len = a.seq;
+    spec.train.gradient_checkpointing = a.gradient_checkpointing;
+    let estimate = whetstone_engine::train::preflight::estimate_with_weights(&spec, &cfg, resident)?;
     let batch = make_batch(&examples.iter().collect::<Vec<_>>(), 0, &device);
     let mut trainer = SftTrainer::new(model, AdamW::new(AdamWConfig::default()), Some(1.0), examples, 0);
+    trainer.recompute = a.gradient_checkpointing;
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t = Instant::now();
         trainer.step_batches(std::slice::from_ref(&batch), 1e-5)?;
-        if i > 0 {
+        if i > 0 || a.steps == 1 {
             times.push(t.elapsed().as_secs_f64());
+        }
+        if a.steps == 1 {
+            break;
         }
     }
     let step_s = median(times);
     let tps = (a.batch * a.seq) as f64 / step_s;
-    let mode = if a.lora_rank.is_some() { "lora" } else { "full" };
+    // Forward + backward of a dense LM: about 6 FLOPs per parameter per token (8 with
+    // recomputation); LoRA skips the base weights' gradients (4, or 6).
+    let per_token = match (lora.is_some(), a.gradient_checkpointing) {
+        (false, false) => 6.0,
+        (false, true) => 8.0,
+        (true, false) => 4.0,
+        (true, true) => 6.0,
+    };
+    let gflops = per_token * cfg.num_params() as f64 * tps / 1e9;
+    let peak = peak_rss_bytes();
+    let mode = if lora.is_some() { "lora" } else { "full" };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"bench": "train", "mode": mode, "model": a.model.model, "device": a.model.device,
+            serde_json::json!({"bench": "train", "mode": mode, "model": what, "device": a.device,
                 "threads": threads, "batch": a.batch, "seq": a.seq, "trainable_parameters": trainable,
-                "steps": a.steps, "step_seconds": step_s, "tokens_per_second": tps})
+                "parameters": cfg.num_params(), "resident_weight_bytes": resident, "gradient_checkpointing": a.gradient_checkpointing,
+                "steps": a.steps, "load_seconds": load_s, "step_seconds": step_s, "tokens_per_second": tps, "gflops": gflops,
+                "peak_rss_bytes": peak, "estimated_bytes": estimate.total_bytes, "estimate": estimate})
         );
     } else {
-        println!("whetstone bench train ({mode}): {} on {} ({} threads)", a.model.model.display(), a.model.device, threads);
-        println!("batch {} x {} tokens, {} trainable parameters, median of {} steps", a.batch, a.seq, trainable, a.steps);
+        let gb = |b: usize| b as f64 / 1e9;
+        println!("whetstone bench train ({mode}): {what} on {} ({threads} threads)", a.device);
+        println!(
+            "batch {} x {} tokens, {} parameters ({:.2} GB resident), {} trainable, median of {} steps",
+            a.batch,
+            a.seq,
+            cfg.num_params(),
+            gb(resident),
+            trainable,
+            a.steps
+        );
+        println!("load        {load_s:.1} s");
         println!("step        {step_s:.3} s");
-        println!("throughput  {tps:.0} tokens/s");
+        println!("throughput  {tps:.0} tokens/s ({gflops:.1} GFLOP/s)");
+        println!(
+            "memory      estimated {:.2} GB ({}), peak RSS {}",
+            gb(estimate.total_bytes),
+            estimate.describe(),
+            peak.map(|p| format!("{:.2} GB", gb(p))).unwrap_or_else(|| "unknown".into())
+        );
     }
     Ok(())
 }

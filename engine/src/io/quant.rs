@@ -129,7 +129,7 @@ pub(crate) fn dequant_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
 }
 
 /// The 6-bit scale and min of sub-block `j` in a K-quant's packed 12-byte scale array.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) }
 }
 
@@ -240,7 +240,7 @@ impl PackedMatrix {
         Self::quantize(ty, w)
     }
 
-    /// Pack a `[rows, cols]` f32 matrix as `ty` (F16, BF16, Q8_0 or Q4_K).
+    /// Pack a `[rows, cols]` f32 matrix as `ty` (F16, BF16, Q8_0, Q4_0, Q4_1 or Q4_K).
     pub fn quantize(ty: GgmlType, w: &HostTensor) -> Result<Self> {
         let [rows, cols] = w.shape[..] else { bail!("can only pack a matrix, got shape {:?}", w.shape) };
         let (be, bb) = ty.block();
@@ -269,8 +269,30 @@ fn quantize_block(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
                 *q = ((v * id).round() as i8) as u8; // round half away from zero, as roundf
             }
         }
+        GgmlType::Q4_0 => {
+            // The value of largest magnitude, with its sign, maps to -8.
+            let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            let q = |v: f32| ((v * id + 8.5) as i32).min(15) as u8;
+            for j in 0..16 {
+                out[2 + j] = q(x[j]) | (q(x[16 + j]) << 4);
+            }
+        }
+        GgmlType::Q4_1 => {
+            let (min, max) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            out[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
+            let q = |v: f32| (((v - min) * id + 0.5) as i32).min(15) as u8;
+            for j in 0..16 {
+                out[4 + j] = q(x[j]) | (q(x[16 + j]) << 4);
+            }
+        }
         GgmlType::Q4K => quantize_q4_k(x, out),
-        other => bail!("packing weights as {} is not supported (use q8_0 or q4_k)", other.name()),
+        other => bail!("packing weights as {} is not supported (use q8_0, q4_0, q4_1 or q4_k)", other.name()),
     }
     Ok(())
 }
@@ -427,7 +449,14 @@ mod tests {
     fn packed_matrices_round_trip_within_their_precision() {
         let (rows, cols) = (6, 512);
         let w = HostTensor::new(vec![rows, cols], sample(rows * cols, 3));
-        for (ty, tol) in [(GgmlType::BF16, 1e-3), (GgmlType::F16, 1e-4), (GgmlType::Q8_0, 1e-3), (GgmlType::Q4K, 1e-2)] {
+        for (ty, tol) in [
+            (GgmlType::BF16, 1e-3),
+            (GgmlType::F16, 1e-4),
+            (GgmlType::Q8_0, 1e-3),
+            (GgmlType::Q4_0, 1.3e-2),
+            (GgmlType::Q4_1, 7e-3),
+            (GgmlType::Q4K, 1e-2),
+        ] {
             let p = PackedMatrix::quantize(ty, &w).unwrap();
             assert_eq!(p.bytes(), rows * p.row_bytes());
             let back = p.to_host();

@@ -65,6 +65,12 @@ pub fn from_hf(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<ModelWeights
     } else {
         None
     };
+    // A tied head reads the embedding: a packed copy as stored serves the head (same values).
+    if lm_head.is_none()
+        && let Some(p) = src.packed_as_stored("model.embed_tokens.weight", &[cfg.vocab_size, h])?
+    {
+        packed.insert("tied_head".into(), p);
+    }
     Ok(ModelWeights {
         embed: src.get_shaped("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
         pos_embed: None,
@@ -192,6 +198,15 @@ pub fn from_gguf(cfg: &ModelConfig, g: &GgufFile, packing: Packing) -> Result<Mo
     } else {
         None
     };
+    // A tied head reads the embedding: keep a packed copy of it as stored for the head (the
+    // lookups use the dequantised one; both hold the same values).
+    if lm_head.is_none()
+        && packing == Packing::Stored
+        && let Some(t) = g.tensor_info("token_embd.weight").filter(|t| t.ty != GgmlType::F32)
+    {
+        let p = PackedMatrix::new(t.ty, cfg.vocab_size, h, g.raw(t).to_vec()).map_err(|e| anyhow!("{file}: token_embd.weight: {e:#}"))?;
+        packed.insert("tied_head".into(), p);
+    }
     Ok(ModelWeights {
         embed: get("token_embd.weight", &[cfg.vocab_size, h])?,
         pos_embed: None,

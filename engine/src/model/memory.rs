@@ -102,6 +102,13 @@ pub fn resident_weight_bytes(path: &std::path::Path, cfg: &ModelConfig, packing:
             };
             total = total.saturating_add(bytes);
         }
+        // A tied head's packed copy of the embedding.
+        let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
+        if let (true, Packing::Stored, Some(t)) =
+            (tied, packing, g.tensors.iter().find(|t| t.name == "token_embd.weight" && t.ty != GgmlType::F32))
+        {
+            total = total.saturating_add(t.n_bytes());
+        }
         return Ok(total);
     }
     let h = cfg.hidden_size;
@@ -120,7 +127,14 @@ pub fn resident_weight_bytes(path: &std::path::Path, cfg: &ModelConfig, packing:
             _ => proj.saturating_mul(F32),
         },
     };
-    Ok(weight_bytes(cfg).saturating_sub(proj.saturating_mul(F32)).saturating_add(stored))
+    // A tied head's packed copy of a 16-bit embedding.
+    let sixteen = matches!(cfg.source_dtype.as_str(), "bfloat16" | "float16" | "bf16" | "f16");
+    let tied_copy = if cfg.tie_word_embeddings && packing == Packing::Stored && sixteen {
+        cfg.vocab_size.saturating_mul(h).saturating_mul(2)
+    } else {
+        0
+    };
+    Ok(weight_bytes(cfg).saturating_sub(proj.saturating_mul(F32)).saturating_add(stored).saturating_add(tied_copy))
 }
 
 /// Activations autodiff keeps for one forward and backward pass over `rows × seq` tokens, with

@@ -12,6 +12,7 @@ pub mod params;
 pub mod qwen2;
 pub mod qwen3;
 pub mod reward;
+pub mod synthetic;
 pub mod transformer;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,11 @@ pub trait WeightSource {
     fn packed(&self, _name: &str, _shape: &[usize]) -> Result<Option<PackedMatrix>> {
         Ok(None)
     }
+    /// The weight `name` packed exactly as stored (16-bit floats), only when the packing keeps
+    /// weights as stored; never re-quantised.
+    fn packed_as_stored(&self, _name: &str, _shape: &[usize]) -> Result<Option<PackedMatrix>> {
+        Ok(None)
+    }
     /// `get` plus a shape check that names the tensor and the file.
     fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let t = self.get(name).map_err(|e| anyhow!("{}: {e:#}", self.describe()))?;
@@ -100,6 +106,12 @@ impl WeightSource for FolderSource {
     }
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+    fn packed_as_stored(&self, name: &str, shape: &[usize]) -> Result<Option<PackedMatrix>> {
+        match (self.packing, shape) {
+            (Packing::Stored, &[rows, cols]) => self.st.get_packed(name, rows, cols),
+            _ => Ok(None),
+        }
     }
     fn packed(&self, name: &str, shape: &[usize]) -> Result<Option<PackedMatrix>> {
         let [rows, cols] = shape[..] else { return Ok(None) };

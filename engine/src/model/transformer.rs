@@ -101,6 +101,11 @@ pub struct Transformer {
     /// An untied LM head kept packed (`[vocab, hidden]`), frozen.
     #[module(skip)]
     pub lm_head_packed: Option<Arc<PackedMatrix>>,
+    /// A tied head's packed copy: the embedding as stored (the same values as `embed`, which
+    /// lookups keep using), so the head reads 4–16 bits per weight. Only while `embed` is
+    /// frozen.
+    #[module(skip)]
+    pub tied_head_packed: Option<Arc<PackedMatrix>>,
     #[module(skip)]
     pub inv_freq: Vec<f32>,
 }
@@ -157,6 +162,7 @@ impl Transformer {
             final_norm: norm(&w.final_norm),
             lm_head: if w.packed.contains_key("lm_head") { None } else { w.lm_head.as_ref().map(|h| linear_from_host(h, None, device)) },
             lm_head_packed: w.packed.get("lm_head").map(|p| Arc::new(p.clone())),
+            tied_head_packed: w.packed.get("tied_head").map(|p| Arc::new(p.clone())),
             inv_freq: if cfg.arch == Arch::Gpt2 { vec![] } else { rope_inv_freq(cfg) },
         }
     }
@@ -247,12 +253,12 @@ impl Transformer {
         }
         self.visit(&mut Count(&mut total));
         let packed: usize = self.projections().iter().map(|(_, _, p)| p.packed_bytes()).sum();
-        total + packed + self.lm_head_packed.as_ref().map_or(0, |p| p.bytes())
+        total + packed + self.lm_head_packed.as_ref().map_or(0, |p| p.bytes()) + self.tied_head_packed.as_ref().map_or(0, |p| p.bytes())
     }
 
     /// Whether any weight is kept packed (frozen in its storage format).
     pub fn has_packed(&self) -> bool {
-        self.lm_head_packed.is_some() || self.projections().iter().any(|(_, _, p)| p.packed.is_some())
+        self.lm_head_packed.is_some() || self.tied_head_packed.is_some() || self.projections().iter().any(|(_, _, p)| p.packed.is_some())
     }
 
     /// A copy for inference: parameters moved off the autodiff graph.
@@ -403,9 +409,15 @@ impl Transformer {
         self.final_norm.forward(x)
     }
 
+    /// The packed head in force: an untied packed head, or the tied one's packed copy while the
+    /// embedding does not train (a trained embedding must be read as it is now).
+    fn packed_head(&self) -> Option<&Arc<PackedMatrix>> {
+        self.lm_head_packed.as_ref().or(self.tied_head_packed.as_ref().filter(|_| !self.embed.val().is_require_grad()))
+    }
+
     /// Logits `[B, T, vocab]` from hidden states.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        if let Some(p) = &self.lm_head_packed {
+        if let Some(p) = self.packed_head() {
             return crate::kernels::qlinear::packed_matmul(hidden, p);
         }
         match &self.lm_head {
@@ -420,7 +432,7 @@ impl Transformer {
     /// held whole (`kernels::head`).
     pub fn target_logprobs(&self, hidden: Tensor<3>, targets: &Tensor<2, Int>) -> (Tensor<2>, Tensor<2>) {
         use crate::kernels::head::{Head, head_logprobs};
-        let head = match (&self.lm_head_packed, &self.lm_head) {
+        let head = match (self.packed_head(), &self.lm_head) {
             (Some(p), _) => Head::Packed(p),
             (None, Some(l)) => Head::Dense(l.weight.val()),
             (None, None) => Head::Dense(self.embed.val().transpose()),

@@ -99,6 +99,8 @@ pub struct DistillTrainer {
     pub teacher_rows: Vec<serde_json::Value>,
     pub teacher_path: PathBuf,
     pub student_config: Option<ModelConfig>,
+    /// Recompute each layer in the backward pass (`train.gradient_checkpointing`).
+    pub recompute: bool,
 }
 
 impl DistillTrainer {
@@ -128,6 +130,7 @@ impl DistillTrainer {
             teacher_rows: Vec::new(),
             teacher_path: PathBuf::new(),
             student_config: None,
+            recompute: false,
         }
     }
 
@@ -193,6 +196,7 @@ impl DistillTrainer {
         tr.teacher_rows = rows;
         tr.teacher_path = d.teacher.clone();
         tr.student_config = Some(s.base.config.clone());
+        tr.recompute = s.spec.train.gradient_checkpointing;
         Ok(tr)
     }
 
@@ -241,19 +245,30 @@ impl Trainer for DistillTrainer {
             tokens += sb.n_tokens;
             let w = share(sb.n_targets, total);
             let teacher_logits = Tensor::from_inner(self.teacher.forward(tb.inputs, None)).to_device(&sdev);
-            let student_logits = student.forward(sb.inputs.clone(), None);
-            let kd =
-                distill_loss(student_logits.clone(), teacher_logits.clone(), sb.weights.clone(), self.temperature, self.divergence) * w;
-            let kl1 = distill_loss(student_logits.clone().detach(), teacher_logits, sb.weights.clone(), 1.0, Divergence::ForwardKl) * w;
-            let nll = crate::kernels::cross_entropy::token_logprobs(student_logits, &sb.targets).0.neg();
-            let sft = (nll * sb.weights.clone()).sum() / (total as f64);
-            let loss = kd.clone() * (1.0 - self.sft_weight) + sft.clone() * self.sft_weight;
             let scalar = |x: Tensor<1>| x.into_scalar::<f32>() as f64;
-            loss_v += scalar(loss.clone());
-            kd_v += scalar(kd.detach());
-            sft_v += scalar(sft.detach());
-            kl_v += scalar(kl1);
-            acc.backward(&student, loss);
+            let (temperature, divergence, sft_weight) = (self.temperature, self.divergence, self.sft_weight);
+            // The loss of this micro-batch from the student's logits.
+            let mut loss_of = |student_logits: Tensor<3>| -> Tensor<1> {
+                let kd = distill_loss(student_logits.clone(), teacher_logits.clone(), sb.weights.clone(), temperature, divergence) * w;
+                let kl1 =
+                    distill_loss(student_logits.clone().detach(), teacher_logits.clone(), sb.weights.clone(), 1.0, Divergence::ForwardKl)
+                        * w;
+                let nll = crate::kernels::cross_entropy::token_logprobs(student_logits, &sb.targets).0.neg();
+                let sft = (nll * sb.weights.clone()).sum() / (total as f64);
+                kd_v += scalar(kd.clone().detach());
+                sft_v += scalar(sft.clone().detach());
+                kl_v += scalar(kl1);
+                kd * (1.0 - sft_weight) + sft * sft_weight
+            };
+            if self.recompute {
+                let (v, g) = student.recomputed_grads(sb.inputs.clone(), None, &mut |m, h| loss_of(m.logits(h)));
+                loss_v += v;
+                acc.add(&student, g);
+            } else {
+                let loss = loss_of(student.forward(sb.inputs.clone(), None));
+                loss_v += scalar(loss.clone());
+                acc.backward(&student, loss);
+            }
         }
         let (student, grad_norm) = acc.apply(student, &mut self.optim, lr.lr, self.max_grad_norm);
         self.student = student;

@@ -107,6 +107,8 @@ pub struct GrpoTrainer {
     pub stop_ids: Vec<u32>,
     pub pad: u32,
     pub max_context: usize,
+    /// Recompute each layer in the backward pass (`train.gradient_checkpointing`).
+    pub recompute: bool,
     rng: ChaCha8Rng,
 }
 
@@ -136,6 +138,7 @@ impl GrpoTrainer {
             stop_ids,
             pad,
             max_context: usize::MAX,
+            recompute: false,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
@@ -160,6 +163,7 @@ impl GrpoTrainer {
         );
         t.scorer = scorer;
         t.max_context = s.base.config.max_position_embeddings;
+        t.recompute = s.spec.train.gradient_checkpointing;
         Ok(t)
     }
 
@@ -220,30 +224,43 @@ impl Trainer for GrpoTrainer {
             let refs: Vec<&Encoded> = seqs.iter().collect();
             let batch = make_batch(&refs, self.pad, &device);
             let [b, _] = batch.inputs.dims();
-            let logp = token_logps(&policy, &batch);
             let w = batch.weights.clone();
             let adv = Tensor::<2>::from_data(TensorData::new(advantages, [b, 1]), &device);
-            // Clipped surrogate, max(−A·r, −A·clip(r, 1−ε, 1+ε)), with r = π/π_old and π_old the
-            // rollout policy (one update per rollout, so r = 1 in value, ∇r = ∇log π).
-            let ratio = (logp.clone() - logp.clone().detach()).exp();
-            let pg1 = ratio.clone() * adv.clone().neg();
-            let pg2 = ratio.clamp(1.0 - self.cfg.clip, 1.0 + self.cfg.clip) * adv.neg();
-            let mut per_token = pg1.max_pair(pg2);
-            if self.cfg.beta > 0.0 {
+            let ref_lp = (self.cfg.beta > 0.0).then(|| {
                 let rb = make_batch(&refs, self.pad, &self.reference.device());
-                let ref_lp = Tensor::from_inner(token_logps(&self.reference, &rb)).to_device(&device);
-                let d = ref_lp - logp.clone();
-                let kl = d.clone().exp() - d - 1.0; // k3, ≥ 0
-                let per_seq_kl =
-                    (kl.clone().detach() * w.clone()).sum_dim(1).reshape([b]) / w.clone().sum_dim(1).reshape([b]).clamp_min(1.0);
-                kl_sum += per_seq_kl.sum().into_scalar::<f32>() as f64;
-                per_token = per_token + kl * self.cfg.beta;
+                Tensor::<2>::from_inner(token_logps(&self.reference, &rb)).to_device(&device)
+            });
+            let (clip, beta) = (self.cfg.clip, self.cfg.beta);
+            // The loss of this micro-batch from the policy's log-probs of its completions.
+            let mut surrogate = |logp: Tensor<2>| -> Tensor<1> {
+                // Clipped surrogate, max(−A·r, −A·clip(r, 1−ε, 1+ε)), with r = π/π_old and π_old
+                // the rollout policy (one update per rollout, so r = 1 in value, ∇r = ∇log π).
+                let ratio = (logp.clone() - logp.clone().detach()).exp();
+                let pg1 = ratio.clone() * adv.clone().neg();
+                let pg2 = ratio.clamp(1.0 - clip, 1.0 + clip) * adv.clone().neg();
+                let mut per_token = pg1.max_pair(pg2);
+                if let Some(ref_lp) = &ref_lp {
+                    let d = ref_lp.clone() - logp;
+                    let kl = d.clone().exp() - d - 1.0; // k3, ≥ 0
+                    let per_seq_kl =
+                        (kl.clone().detach() * w.clone()).sum_dim(1).reshape([b]) / w.clone().sum_dim(1).reshape([b]).clamp_min(1.0);
+                    kl_sum += per_seq_kl.sum().into_scalar::<f32>() as f64;
+                    per_token = per_token + kl * beta;
+                }
+                // Mean over each completion's tokens, then over all completions of the step.
+                let per_seq = (per_token * w.clone()).sum_dim(1).reshape([b]) / w.clone().sum_dim(1).reshape([b]).clamp_min(1.0);
+                per_seq.sum() * share(1, total_seqs)
+            };
+            if self.recompute {
+                let (v, g) =
+                    policy.recomputed_grads(batch.inputs.clone(), None, &mut |p, h| surrogate(p.target_logprobs(h, &batch.targets).0));
+                loss_v += v;
+                acc.add(&policy, g);
+            } else {
+                let l = surrogate(token_logps(&policy, &batch));
+                loss_v += l.clone().into_scalar::<f32>() as f64;
+                acc.backward(&policy, l);
             }
-            // Mean over each completion's tokens, then over all completions of the step.
-            let per_seq = (per_token * w.clone()).sum_dim(1).reshape([b]) / w.sum_dim(1).reshape([b]).clamp_min(1.0);
-            let l = per_seq.sum() * share(1, total_seqs);
-            loss_v += l.clone().into_scalar::<f32>() as f64;
-            acc.backward(&policy, l);
         }
         let (policy, grad_norm) = acc.apply(policy, &mut self.optim, lr.lr, self.max_grad_norm);
         self.policy = policy;

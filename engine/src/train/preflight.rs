@@ -18,16 +18,21 @@ fn logits_bytes(cfg: &ModelConfig, rows: usize, seq: usize) -> usize {
 /// The peak memory of `spec` on a model with config `cfg`. Activations scale with the
 /// micro-batch (`train.batch_size`), not with `grad_accum`.
 pub fn estimate(spec: &JobSpec, cfg: &ModelConfig) -> Result<MemoryEstimate> {
+    // A run folder's model loads as f32 (its tuned weights); a model file as the job packs it.
+    let weights = if crate::runs::is_run_dir(&spec.model) {
+        weight_bytes(cfg)
+    } else {
+        crate::model::memory::resident_weight_bytes(&spec.model, cfg, spec.packing()?)?
+    };
+    estimate_with_weights(spec, cfg, weights)
+}
+
+/// [`estimate`] for a model whose weights take `weights` bytes as loaded.
+pub fn estimate_with_weights(spec: &JobSpec, cfg: &ModelConfig, weights: usize) -> Result<MemoryEstimate> {
     let t = &spec.train;
     let (rows, seq) = (t.batch_size, t.max_seq_len);
     let act = |rows: usize, seq: usize| {
         if t.gradient_checkpointing { activation_bytes_recomputed(cfg, rows, seq) } else { activation_bytes(cfg, rows, seq) }
-    };
-    // A run folder's model loads as f32 (its tuned weights); a model file as the job packs it.
-    let weights = if crate::runs::is_run_dir(&spec.model) {
-        crate::model::memory::weight_bytes(cfg)
-    } else {
-        crate::model::memory::resident_weight_bytes(&spec.model, cfg, spec.packing()?)?
     };
     let trainable = match &spec.lora {
         Some(l) => lora_params(cfg, l)?,
@@ -54,7 +59,7 @@ pub fn estimate(spec: &JobSpec, cfg: &ModelConfig) -> Result<MemoryEstimate> {
                 None => 0,
             };
             let frozen = reference.saturating_add(rm);
-            MemoryEstimate::from_parts(weights, frozen, trainable, activation_bytes(cfg, rows.saturating_mul(g.group_size), seq))
+            MemoryEstimate::from_parts(weights, frozen, trainable, act(rows.saturating_mul(g.group_size), seq))
         }
         Method::Ppo => {
             let p = spec.ppo.clone().unwrap_or_default();
@@ -85,7 +90,7 @@ pub fn estimate(spec: &JobSpec, cfg: &ModelConfig) -> Result<MemoryEstimate> {
             let teacher = weight_bytes(&base_config(&d.teacher)?);
             let seq = if d.on_policy { seq.saturating_add(d.max_new_tokens) } else { seq };
             // Teacher logits and the divergence's softmaxes, each [rows, seq, vocab].
-            let act = activation_bytes(cfg, rows, seq).saturating_add(logits_bytes(cfg, rows, seq).saturating_mul(5));
+            let act = act(rows, seq).saturating_add(logits_bytes(cfg, rows, seq).saturating_mul(5));
             MemoryEstimate::from_parts(weights, teacher, trainable, act)
         }
     })

@@ -247,8 +247,8 @@ impl JobSpec {
         if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
             bail!("train.max_grad_norm must be 0 (off) or a positive number");
         }
-        if t.gradient_checkpointing && !matches!(self.method, Method::Sft | Method::Dpo) {
-            bail!("train.gradient_checkpointing is available for sft and dpo jobs");
+        if t.gradient_checkpointing && !matches!(self.method, Method::Sft | Method::Dpo | Method::Grpo | Method::Distill) {
+            bail!("train.gradient_checkpointing is available for sft, dpo, grpo and distill jobs");
         }
         if self.eval_suite.is_some() && self.method != Method::Sft {
             bail!("eval_suite runs inside SFT jobs; evaluate other runs with `whetstone eval`");
