@@ -504,6 +504,8 @@ fn models_page_shows_the_model_and_streams_a_reply() {
     h.get_by_role_and_label(Role::Button, "models/tiny-llama").click();
     settle(&mut h, "the model info", 60, |a| a.models_ui.infos.values().any(|i| i.is_ok()));
     h.get_by_label("Architecture");
+    // The resident size of the weights as the playground holds them (packed where stored so).
+    h.get_by_label("Weights in memory (as loaded)");
     type_into(&mut h, "Message", "Fever and stiff neck?");
     h.get_by_role_and_label(Role::Button, "Send").click();
     h.step();

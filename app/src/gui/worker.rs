@@ -21,7 +21,7 @@ use whetstone_engine::eval::score::EvalResult;
 use whetstone_engine::eval::spec::SuiteSpec;
 use whetstone_engine::eval::store::EvalListing;
 use whetstone_engine::generate::{GenerateOptions, generate};
-use whetstone_engine::model::{LoadedModel, ModelInfo};
+use whetstone_engine::model::{LoadedModel, ModelInfo, Packing};
 use whetstone_engine::runs::{EvalRecord, JobEvent, StepRecord, read_metrics};
 use whetstone_engine::train::JobSpec;
 
@@ -610,7 +610,8 @@ fn model_loop(rx: Receiver<ModelCmd>, out: Out) {
     let load = |p: &PathBuf, cache: &mut HashMap<PathBuf, LoadedModel>| -> Result<()> {
         if !cache.contains_key(p) {
             out.send(Reply::Progress { source: Source::Model, what: format!("Loading {}", p.display()), done: 0, total: 0 });
-            let m = LoadedModel::load(p, &device).with_context(|| p.display().to_string());
+            // Frozen weights as stored (GGUF blocks, bf16): less memory, and decoding reads fewer bytes.
+            let m = LoadedModel::load_with(p, &device, Packing::Stored).with_context(|| p.display().to_string());
             out.send(Reply::ProgressDone(Source::Model));
             let m = m?;
             cache.insert(p.clone(), m);

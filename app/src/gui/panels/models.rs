@@ -118,7 +118,7 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                             ("Architecture", format!("{} ({})", i.architecture, i.model_type)),
                             ("Parameters", format!("{:.1} M", i.parameters as f64 / 1e6)),
                             ("Stored as", format!("{:?}, {}", i.format, i.dtype)),
-                            ("Memory to run (f32)", format!("{:.0} MB", i.parameters as f64 * 4.0 / 1e6)),
+                            ("Weights in memory (as loaded)", format!("{:.0} MB", i.weights_bytes as f64 / 1e6)),
                             (
                                 "Memory to fine-tune fully (f32 + AdamW)",
                                 format!("{:.0} MB + activations", i.parameters as f64 * 16.0 / 1e6),
