@@ -148,7 +148,7 @@ fn lora_jobs_keep_the_base_packed() {
 /// projection Q4_K, dequantised by gguf-py), PEFT loads the adapter Whetstone exported, and
 /// `fixtures/qlora-q4k/reference.json` holds the log-probs they compute
 /// (`fixtures/make_qlora_fixture.py`). Whetstone, with the base kept in its blocks, computes the
-/// same with and without the adapter.
+/// same with and without the adapter (measured: under 5e-6; held to 2e-5, the issue asks 1e-3).
 #[test]
 fn adapter_trained_on_a_q4_k_base_matches_peft_on_the_dequantised_base() {
     use whetstone_engine::model::lora::load_peft;
@@ -172,10 +172,10 @@ fn adapter_trained_on_a_q4_k_base_matches_peft_on_the_dequantised_base() {
             assert!(d < tol, "{key} for {text:?}: differs from the reference by {d}");
         }
     };
-    check(&m, "base_token_logprobs", 1e-4);
+    check(&m, "base_token_logprobs", 2e-5);
     let (adapted, cfg) = load_peft(m.model.clone(), &dir.join("adapter")).unwrap();
     assert_eq!((cfg.rank as u64, cfg.target_names().unwrap().len()), (r["lora_r"].as_u64().unwrap(), 7));
     m.model = adapted;
     assert!(m.model.has_packed(), "the adapter goes on the packed base");
-    check(&m, "adapted_token_logprobs", 1e-4);
+    check(&m, "adapted_token_logprobs", 2e-5);
 }

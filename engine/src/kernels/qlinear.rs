@@ -142,6 +142,9 @@ multiversion! {
     /// their offsets through the block sums of `x`; the other formats dequantised a row at a
     /// time into `buf`.
     fn dot_rows(w: &PackedMatrix, o0: usize, o1: usize, x: &[f32], rows: usize, sums: &[f32], buf: &mut [f32], out: &mut [f32]) {
+        if fast::dot_all(w.ty, w.row_data(o0, o1), w.row_bytes(), x, rows, sums, out) {
+            return;
+        }
         let din = w.cols;
         let nb = din / 32;
         for (k, o) in (o0..o1).enumerate() {
@@ -149,10 +152,6 @@ multiversion! {
             for r in 0..rows {
                 let xr = &x[r * din..(r + 1) * din];
                 let sr = sums.get(r * nb..).unwrap_or(&[]);
-                if let Some(v) = fast::dot(w.ty, row, xr, sr) {
-                    out[k * rows + r] = v;
-                    continue;
-                }
                 let mut acc = [0f32; 16];
                 let mut extra = 0f32;
                 let done = match w.ty {
@@ -226,54 +225,56 @@ multiversion! {
 mod fast {
     use crate::io::quant::GgmlType;
 
-    /// `x · row` for a row of Q8_0, Q4_0, Q4_1 or Q4_K blocks (`sums`: Σx per 32 values), or
-    /// `None` where this CPU or format has no kernel here.
-    #[inline]
-    pub(super) fn dot(ty: GgmlType, row: &[u8], x: &[f32], sums: &[f32]) -> Option<f32> {
+    /// `out[k · rows + r] = x[r] · W[k]` for the weight rows `wrows` (whole rows of `row_bytes`
+    /// bytes) of Q8_0, Q4_0, Q4_1 or Q4_K blocks and the `rows` rows of `x` (`sums`: Σx per 32
+    /// values of each row). False, with nothing written, where this CPU or format has no kernel
+    /// here. One call covers every output of a task, so the checks and the dispatch are paid
+    /// once, not once per dot product.
+    pub(super) fn dot_all(ty: GgmlType, wrows: &[u8], row_bytes: usize, x: &[f32], rows: usize, sums: &[f32], out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let nb = x.len() / 32;
-            let whole = x.len().is_multiple_of(32) && sums.len() >= nb;
-            if whole
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                let (block, bytes) = ty.block();
-                if row.len() != x.len() / block * bytes {
-                    return None;
-                }
-                // SAFETY: the CPU has the features these functions are compiled for, and every
-                // load below stays inside `row` (whole blocks, checked above) and `x`.
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    return unsafe {
-                        match ty {
-                            GgmlType::Q8_0 => Some(x86::q8_0_512(row, x)),
-                            GgmlType::Q4_0 => Some(x86::q4_0_512(row, x, sums)),
-                            GgmlType::Q4_1 => Some(x86::q4_1_512(row, x, sums)),
-                            GgmlType::Q4K => Some(x86::q4_k(row, x, sums)),
-                            _ => None,
-                        }
-                    };
-                }
-                return unsafe {
-                    match ty {
-                        GgmlType::Q8_0 => Some(x86::q8_0(row, x)),
-                        GgmlType::Q4_0 => Some(x86::q4_0(row, x, sums)),
-                        GgmlType::Q4_1 => Some(x86::q4_1(row, x, sums)),
-                        GgmlType::Q4K => Some(x86::q4_k(row, x, sums)),
-                        _ => None,
-                    }
-                };
+            if rows == 0 || row_bytes == 0 || !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K) {
+                return false;
             }
+            let din = x.len() / rows;
+            let (block, bytes) = ty.block();
+            let fits = din.is_multiple_of(32)
+                && x.len() == rows * din
+                && sums.len() >= rows * (din / 32)
+                && din.is_multiple_of(block)
+                && row_bytes == din / block * bytes
+                && wrows.len().is_multiple_of(row_bytes)
+                && out.len() == wrows.len() / row_bytes * rows;
+            if !fits
+                || !std::arch::is_x86_feature_detected!("avx2")
+                || !std::arch::is_x86_feature_detected!("fma")
+                || !std::arch::is_x86_feature_detected!("f16c")
+            {
+                return false;
+            }
+            // SAFETY: the CPU has the features these functions are compiled for, and every load
+            // stays inside whole blocks of a row (checked above) and inside `x` and `sums`.
+            unsafe {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    x86::all_512(ty, wrows, row_bytes, x, rows, din, sums, out);
+                } else {
+                    x86::all_avx2(ty, wrows, row_bytes, x, rows, din, sums, out);
+                }
+            }
+            return true;
         }
-        let _ = (ty, row, x, sums);
-        None
+        #[allow(unreachable_code)]
+        {
+            let _ = (ty, wrows, row_bytes, x, rows, sums, out);
+            false
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
-    mod x86 {
+    pub(super) mod x86 {
         use std::arch::x86_64::*;
+
+        use crate::io::quant::GgmlType;
 
         #[inline(always)]
         unsafe fn f16(b: &[u8], i: usize) -> f32 {
@@ -314,20 +315,59 @@ mod fast {
             }
         }
 
-        /// [`nibbles32`] sixteen lanes wide.
+        /// Every output of a task (`fast::dot_all`) with one set of kernels; the two instances
+        /// differ only in the kernels they call and the features they are compiled for.
+        macro_rules! all_rows {
+            ($name:ident, $features:literal, $q8:ident, $q40:ident, $q41:ident) => {
+                #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
+                pub(in crate::kernels::qlinear) unsafe fn $name(
+                    ty: GgmlType,
+                    wrows: &[u8],
+                    row_bytes: usize,
+                    x: &[f32],
+                    rows: usize,
+                    din: usize,
+                    sums: &[f32],
+                    out: &mut [f32],
+                ) {
+                    let nb = din / 32;
+                    for (k, row) in wrows.chunks_exact(row_bytes).enumerate() {
+                        for r in 0..rows {
+                            let (xr, sr) = (&x[r * din..(r + 1) * din], &sums[r * nb..(r + 1) * nb]);
+                            out[k * rows + r] = unsafe {
+                                match ty {
+                                    GgmlType::Q8_0 => $q8(row, xr),
+                                    GgmlType::Q4_0 => $q40(row, xr, sr),
+                                    GgmlType::Q4_1 => $q41(row, xr, sr),
+                                    _ => q4_k(row, xr, sr),
+                                }
+                            };
+                        }
+                    }
+                }
+            };
+        }
+        all_rows!(all_512, "avx512f,avx2,fma,f16c", q8_0_512, q4_0_512, q4_1_512);
+        all_rows!(all_avx2, "avx2,fma,f16c", q8_0, q4_0, q4_1);
+
+        /// One 32-value block of nibbles (as [`nibbles32`]) times `d`, added into two 16-lane
+        /// accumulators: the scale multiplies the widened values, so each accumulator takes one
+        /// FMA per block and the two chains run side by side.
         #[inline(always)]
-        unsafe fn nibbles32_512(qs: *const u8, x: *const f32) -> __m512 {
+        unsafe fn nibbles32_fma(qs: *const u8, x: *const f32, d: __m512, acc: &mut [__m512; 2]) {
             unsafe {
                 let q = _mm_loadu_si128(qs as *const __m128i);
                 let m = _mm_set1_epi8(0x0F);
-                let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, m)));
-                let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m)));
-                _mm512_fmadd_ps(hi, _mm512_loadu_ps(x.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(x)))
+                let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, m))), d);
+                let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m))), d);
+                acc[0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), acc[0]);
+                acc[1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x.add(16)), acc[1]);
             }
         }
 
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        pub(super) unsafe fn q8_0_512(row: &[u8], x: &[f32]) -> f32 {
+        pub(in crate::kernels::qlinear) unsafe fn q8_0_512(row: &[u8], x: &[f32]) -> f32 {
             let mut acc = _mm512_setzero_ps();
             for (b, blk) in row.chunks_exact(34).enumerate() {
                 let d = unsafe { f16(blk, 0) };
@@ -344,33 +384,31 @@ mod fast {
         }
 
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        pub(super) unsafe fn q4_0_512(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-            let (mut acc, mut extra) = (_mm512_setzero_ps(), 0f32);
+        pub(in crate::kernels::qlinear) unsafe fn q4_0_512(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+            let (mut acc, mut extra) = ([_mm512_setzero_ps(); 2], 0f32);
             for (b, blk) in row.chunks_exact(18).enumerate() {
                 let d = unsafe { f16(blk, 0) };
                 // SAFETY: 16 bytes at 2 of an 18-byte block; 32 floats at 32b of x.
-                let s = unsafe { nibbles32_512(blk.as_ptr().add(2), x[b * 32..b * 32 + 32].as_ptr()) };
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc);
+                unsafe { nibbles32_fma(blk.as_ptr().add(2), x[b * 32..b * 32 + 32].as_ptr(), _mm512_set1_ps(d), &mut acc) };
                 extra -= 8.0 * d * sums[b];
             }
-            _mm512_reduce_add_ps(acc) + extra
+            _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + extra
         }
 
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        pub(super) unsafe fn q4_1_512(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-            let (mut acc, mut extra) = (_mm512_setzero_ps(), 0f32);
+        pub(in crate::kernels::qlinear) unsafe fn q4_1_512(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+            let (mut acc, mut extra) = ([_mm512_setzero_ps(); 2], 0f32);
             for (b, blk) in row.chunks_exact(20).enumerate() {
                 let (d, m) = unsafe { (f16(blk, 0), f16(blk, 2)) };
                 // SAFETY: 16 bytes at 4 of a 20-byte block; 32 floats at 32b of x.
-                let s = unsafe { nibbles32_512(blk.as_ptr().add(4), x[b * 32..b * 32 + 32].as_ptr()) };
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc);
+                unsafe { nibbles32_fma(blk.as_ptr().add(4), x[b * 32..b * 32 + 32].as_ptr(), _mm512_set1_ps(d), &mut acc) };
                 extra += m * sums[b];
             }
-            _mm512_reduce_add_ps(acc) + extra
+            _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + extra
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub(super) unsafe fn q8_0(row: &[u8], x: &[f32]) -> f32 {
+        pub(in crate::kernels::qlinear) unsafe fn q8_0(row: &[u8], x: &[f32]) -> f32 {
             let mut acc = _mm256_setzero_ps();
             for (b, blk) in row.chunks_exact(34).enumerate() {
                 let d = unsafe { f16(blk, 0) };
@@ -390,7 +428,7 @@ mod fast {
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub(super) unsafe fn q4_0(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+        pub(in crate::kernels::qlinear) unsafe fn q4_0(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
             let (mut acc, mut extra) = (_mm256_setzero_ps(), 0f32);
             for (b, blk) in row.chunks_exact(18).enumerate() {
                 let d = unsafe { f16(blk, 0) };
@@ -403,7 +441,7 @@ mod fast {
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub(super) unsafe fn q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+        pub(in crate::kernels::qlinear) unsafe fn q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
             let (mut acc, mut extra) = (_mm256_setzero_ps(), 0f32);
             for (b, blk) in row.chunks_exact(20).enumerate() {
                 let (d, m) = unsafe { (f16(blk, 0), f16(blk, 2)) };
@@ -416,7 +454,7 @@ mod fast {
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub(super) unsafe fn q4_k(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+        pub(in crate::kernels::qlinear) unsafe fn q4_k(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
             let (mut acc, mut extra) = (_mm256_setzero_ps(), 0f32);
             let m = _mm_set1_epi8(0x0F);
             for (b, blk) in row.chunks_exact(144).enumerate() {
@@ -485,5 +523,88 @@ impl Backward<Flex, 1> for PackedLinear {
         let dy = contiguous(&dy);
         let dx = backward_x(data(&dy), s.rows, &s.w);
         grads.register::<Flex>(p.id, flex_from(dx, &s.x_dims));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::HostTensor;
+
+    /// Every x86 block kernel, AVX2 and AVX-512 alike (`fast::dot` picks only one of them on a
+    /// given CPU), against the dot product with the dequantised row in f64.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn block_dot_kernels_match_the_dequantised_row() {
+        use fast::x86;
+        let has = |f: &str| match f {
+            "avx2" => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            _ => std::arch::is_x86_feature_detected!("avx512f"),
+        };
+        if !has("avx2") {
+            return; // no kernel to check: `fast::dot` answers None and the scalar loop runs
+        }
+        let (rows, cols) = (3, 512);
+        let mut s = 12345u32;
+        let mut next = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let w = HostTensor::new(vec![rows, cols], (0..rows * cols).map(|_| next() * 0.2).collect());
+        let x: Vec<f32> = (0..cols).map(|_| next()).collect();
+        let sums = block_sums(&x, 1, cols);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K] {
+            let p = PackedMatrix::quantize(ty, &w).unwrap();
+            let deq = p.to_host();
+            for r in 0..rows {
+                let row = p.row_data(r, r + 1);
+                let want: f64 = deq.data[r * cols..(r + 1) * cols].iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let mut got = Vec::new();
+                // SAFETY: the features were checked above; `row` is whole blocks of `ty`.
+                unsafe {
+                    got.push(match ty {
+                        GgmlType::Q8_0 => x86::q8_0(row, &x),
+                        GgmlType::Q4_0 => x86::q4_0(row, &x, &sums),
+                        GgmlType::Q4_1 => x86::q4_1(row, &x, &sums),
+                        _ => x86::q4_k(row, &x, &sums),
+                    });
+                    if has("avx512f") {
+                        got.push(match ty {
+                            GgmlType::Q8_0 => x86::q8_0_512(row, &x),
+                            GgmlType::Q4_0 => x86::q4_0_512(row, &x, &sums),
+                            GgmlType::Q4_1 => x86::q4_1_512(row, &x, &sums),
+                            _ => x86::q4_k(row, &x, &sums),
+                        });
+                    }
+                }
+                for g in got {
+                    assert!((g as f64 - want).abs() < 1e-5 * want.abs().max(1.0), "{} row {r}: {g} vs {want}", ty.name());
+                }
+            }
+            // A whole task at once, through each instance of the dispatch loop: the same values.
+            let one = |r: usize| unsafe {
+                match ty {
+                    GgmlType::Q8_0 => x86::q8_0(p.row_data(r, r + 1), &x),
+                    GgmlType::Q4_0 => x86::q4_0(p.row_data(r, r + 1), &x, &sums),
+                    GgmlType::Q4_1 => x86::q4_1(p.row_data(r, r + 1), &x, &sums),
+                    _ => x86::q4_k(p.row_data(r, r + 1), &x, &sums),
+                }
+            };
+            let mut out = vec![0f32; rows];
+            // SAFETY: the features were checked above.
+            unsafe { x86::all_avx2(ty, p.row_data(0, rows), p.row_bytes(), &x, 1, cols, &sums, &mut out) };
+            assert_eq!(out, (0..rows).map(one).collect::<Vec<_>>(), "{}: all_avx2", ty.name());
+            if has("avx512f") {
+                unsafe { x86::all_512(ty, p.row_data(0, rows), p.row_bytes(), &x, 1, cols, &sums, &mut out) };
+                for (r, v) in out.iter().enumerate() {
+                    let w = one(r) as f64;
+                    assert!((*v as f64 - w).abs() < 1e-5 * w.abs().max(1.0), "{} row {r}: all_512 {v} vs {w}", ty.name());
+                }
+            }
+        }
     }
 }
