@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::simd::{multiversion, sum_zip};
 use super::{Prim, ad_tensor, contiguous, data, flex_from, gemm_into, plain_tensor, prim, record};
-use crate::io::quant::{GgmlType, PackedMatrix, dequant_into};
+use crate::io::quant::{PackedMatrix, dequant_into};
 
 /// Up to this many rows of `x`, a product is computed as dot products from the packed bytes.
 const DOT_ROWS: usize = 8;
@@ -121,98 +121,19 @@ fn block_sums(x: &[f32], rows: usize, din: usize) -> Vec<f32> {
     out
 }
 
-#[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
-
-/// `acc[j] += d · (lo(q[j]) · x[j] + hi(q[j]) · x[16 + j])` over a 32-value block whose 16 bytes
-/// hold values `j` (low nibble) and `16 + j` (high nibble).
-#[inline(always)]
-fn nibble_block(acc: &mut [f32; 16], qs: &[u8], x: &[f32], d: f32) {
-    let (qs, x) = (&qs[..16], &x[..32]);
-    for j in 0..16 {
-        acc[j] += d * ((qs[j] & 15) as f32 * x[j] + (qs[j] >> 4) as f32 * x[16 + j]);
-    }
-}
-
 multiversion! {
-    /// `out[(o - o0) · rows + r] = x[r] · W[o]` for output rows `o0..o1`, computed block by block
-    /// from the packed bytes: Q8_0, Q4_0, Q4_1 and Q4_K with their scales applied per block and
-    /// their offsets through the block sums of `x`; the other formats dequantised a row at a
-    /// time into `buf`.
+    /// `out[(o - o0) · rows + r] = x[r] · W[o]` for output rows `o0..o1`: block by block from the
+    /// packed bytes where `fast` has kernels for the format and the CPU (Q8_0, Q4_0, Q4_1 and
+    /// Q4_K on x86 with AVX2), otherwise each row of W dequantised into `buf` and dotted with x.
     fn dot_rows(w: &PackedMatrix, o0: usize, o1: usize, x: &[f32], rows: usize, sums: &[f32], buf: &mut [f32], out: &mut [f32]) {
         if fast::dot_all(w.ty, w.row_data(o0, o1), w.row_bytes(), x, rows, sums, out) {
             return;
         }
         let din = w.cols;
-        let nb = din / 32;
         for (k, o) in (o0..o1).enumerate() {
-            let row = w.row_data(o, o + 1);
+            dequant_into(w.ty, w.row_data(o, o + 1), buf);
             for r in 0..rows {
-                let xr = &x[r * din..(r + 1) * din];
-                let sr = sums.get(r * nb..).unwrap_or(&[]);
-                let mut acc = [0f32; 16];
-                let mut extra = 0f32;
-                let done = match w.ty {
-                    GgmlType::Q8_0 => {
-                        for (b, blk) in row.chunks_exact(34).enumerate() {
-                            let d = f16_at(blk, 0);
-                            let xb = &xr[b * 32..b * 32 + 32];
-                            let q = &blk[2..34];
-                            for j in 0..16 {
-                                acc[j] += d * ((q[j] as i8) as f32 * xb[j] + (q[16 + j] as i8) as f32 * xb[16 + j]);
-                            }
-                        }
-                        true
-                    }
-                    GgmlType::Q4_0 => {
-                        for (b, blk) in row.chunks_exact(18).enumerate() {
-                            let d = f16_at(blk, 0);
-                            nibble_block(&mut acc, &blk[2..18], &xr[b * 32..], d);
-                            extra -= 8.0 * d * sr[b];
-                        }
-                        true
-                    }
-                    GgmlType::Q4_1 => {
-                        for (b, blk) in row.chunks_exact(20).enumerate() {
-                            nibble_block(&mut acc, &blk[4..20], &xr[b * 32..], f16_at(blk, 0));
-                            extra += f16_at(blk, 2) * sr[b];
-                        }
-                        true
-                    }
-                    GgmlType::Q4K => {
-                        for (b, blk) in row.chunks_exact(144).enumerate() {
-                            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-                            let scales: &[u8; 12] = blk[4..16].try_into().expect("12 scale bytes");
-                            let qs = &blk[16..144];
-                            for g in 0..4 {
-                                let (s1, m1) = crate::io::quant::scale_min_k4(2 * g, scales);
-                                let (s2, m2) = crate::io::quant::scale_min_k4(2 * g + 1, scales);
-                                let (d1, d2) = (d * s1 as f32, d * s2 as f32);
-                                let base = b * 256 + g * 64;
-                                let q = &qs[32 * g..32 * g + 32];
-                                let (xa, xb) = (&xr[base..base + 32], &xr[base + 32..base + 64]);
-                                for j in 0..16 {
-                                    acc[j] += d1 * ((q[j] & 15) as f32 * xa[j] + (q[16 + j] & 15) as f32 * xa[16 + j])
-                                        + d2 * ((q[j] >> 4) as f32 * xb[j] + (q[16 + j] >> 4) as f32 * xb[16 + j]);
-                                }
-                                let sb = b * 8 + 2 * g;
-                                extra -= dmin * (m1 as f32 * sr[sb] + m2 as f32 * sr[sb + 1]);
-                            }
-                        }
-                        true
-                    }
-                    _ => false,
-                };
-                out[k * rows + r] = if done {
-                    acc.iter().sum::<f32>() + extra
-                } else {
-                    if r == 0 {
-                        dequant_into(w.ty, row, buf);
-                    }
-                    sum_zip(buf, xr, |a, b| a * b)
-                };
+                out[k * rows + r] = sum_zip(buf, &x[r * din..(r + 1) * din], |a, b| a * b);
             }
         }
     }
@@ -530,6 +451,7 @@ impl Backward<Flex, 1> for PackedLinear {
 mod tests {
     use super::*;
     use crate::io::HostTensor;
+    use crate::io::quant::GgmlType;
 
     /// Every x86 block kernel, AVX2 and AVX-512 alike (`fast::dot` picks only one of them on a
     /// given CPU), against the dot product with the dequantised row in f64.
