@@ -40,7 +40,16 @@ fn chunk_rows(vocab: usize) -> usize {
 
 /// `(log p(target), 1 if the target is the argmax else 0)` per position, `[B, T]` each, from
 /// hidden states `[B, T, hidden]`. The flags are detached. Targets must be `< vocab`.
+///
+/// In bf16/f16 the hidden states are rounded to it (their gradient too); the head's weight, the
+/// logits and the log-softmax stay f32, as a fused linear cross-entropy keeps them: the logits
+/// exist only a chunk at a time, so f32 costs no memory, and the loss loses no precision.
 pub fn head_logprobs(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>) -> (Tensor<2>, Tensor<2>) {
+    use super::precision::{self, Precision};
+    if precision::current() != Precision::F32 {
+        let hidden = precision::round(hidden);
+        return precision::with(Precision::F32, || head_logprobs(hidden, head, targets));
+    }
     let [b, t, h] = hidden.dims();
     let (x, w) = match head {
         Head::Dense(w) => match prim_pair(&hidden, &w) {

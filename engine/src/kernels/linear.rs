@@ -14,6 +14,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
+use super::precision::{self, Precision, round_in_place, rounded};
 use super::{Prim, ad_tensor, contiguous, data, flex_from, plain_tensor, prim_pair, record};
 
 /// A row-major view of a 2-D operand: pointer offset and (row, column) strides in elements.
@@ -65,23 +66,42 @@ fn gemm(m: usize, n: usize, k: usize, lhs: (&[f32], View), rhs: (&[f32], View)) 
 }
 
 /// `x · w` over the last dimension of `x` (`[..., in]`) with `w` `[in, out]` (any strides).
+///
+/// In bf16/f16 ([`precision::current`]) the operands and the result are rounded to it and the
+/// products accumulate in f32; in the backward pass the incoming gradient, `dx` and `dw` are
+/// rounded too, as under `torch.autocast`. The rounded weight is a transient copy, made again in
+/// the backward pass, so the graph holds no second copy of the weights.
 pub fn matmul_last<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     let dims = x.dims();
     let [din, dout] = w.dims();
+    let prec = precision::current();
     let Some((px, pw)) = prim_pair(&x, &w).filter(|_| dims[D - 1] == din && din > 0) else {
         // Rows folded into one 2-D product, as burn's own `linear` does for float weights; a
         // transposed (tied) weight stays a strided view.
         let rows = dims.iter().product::<usize>() / din.max(1);
         let mut out_dims = dims;
         out_dims[D - 1] = dout;
-        return x.reshape([rows, din]).matmul(w).reshape(out_dims);
+        let (x, w) = (precision::round(x), precision::round(w));
+        return precision::round(x.reshape([rows, din]).matmul(w).reshape(out_dims));
     };
     drop((x, w));
     let rows = dims.iter().product::<usize>() / din;
-    let xs = contiguous(px.flex());
+    let xs = if prec == Precision::F32 {
+        contiguous(px.flex())
+    } else {
+        let c = contiguous(px.flex());
+        flex_from(rounded(prec, data(&c)), &[rows * din])
+    };
     let ws = pw.flex().clone();
     let ws = if view2(&ws).is_some() { ws } else { contiguous(&ws) };
-    finish(px, pw, xs, ws, rows, din, dout, dims)
+    finish(px, pw, xs, ws, rows, din, dout, dims, prec)
+}
+
+/// `w` `[din, dout]` (any strides) rounded to `prec`, as a contiguous row-major copy.
+fn rounded_weight(w: &FlexTensor, prec: Precision) -> FlexTensor {
+    let c = contiguous(w);
+    let shape = c.layout().shape().to_vec();
+    flex_from(rounded(prec, data(&c)), &shape)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -94,10 +114,17 @@ fn finish<const D: usize>(
     din: usize,
     dout: usize,
     dims: [usize; D],
+    prec: Precision,
 ) -> Tensor<D> {
-    let wv = view2(&ws).expect("2-D weight");
     let xv = View { offset: 0, rs: din as isize, cs: 1 };
-    let y = gemm(rows, dout, din, (data(&xs), xv), (ws.storage::<f32>(), wv));
+    let mut y = if prec == Precision::F32 {
+        let wv = view2(&ws).expect("2-D weight");
+        gemm(rows, dout, din, (data(&xs), xv), (ws.storage::<f32>(), wv))
+    } else {
+        let wr = rounded_weight(&ws, prec);
+        gemm(rows, dout, din, (data(&xs), xv), (data(&wr), View { offset: 0, rs: dout as isize, cs: 1 }))
+    };
+    round_in_place(prec, &mut y);
     let mut out_dims = dims;
     out_dims[D - 1] = dout;
     let out = flex_from(y, &out_dims);
@@ -105,7 +132,7 @@ fn finish<const D: usize>(
         (Prim::Ad(ax), Prim::Ad(aw)) => {
             let nodes = [ax.node(), aw.node()];
             drop((ax, aw));
-            ad_tensor(record(Linear, nodes, LinearState { x: xs, w: ws, rows, din, dout, x_dims: dims.to_vec() }, out))
+            ad_tensor(record(Linear, nodes, LinearState { x: xs, w: ws, rows, din, dout, x_dims: dims.to_vec(), prec }, out))
         }
         _ => plain_tensor(out),
     }
@@ -124,6 +151,8 @@ struct LinearState {
     din: usize,
     dout: usize,
     x_dims: Vec<usize>,
+    /// The compute precision of the forward pass (`x` is already rounded to it).
+    prec: Precision,
 }
 
 impl Backward<Flex, 2> for Linear {
@@ -136,19 +165,29 @@ impl Backward<Flex, 2> for Linear {
             return;
         }
         let s = ops.state;
+        let prec = s.prec;
         let dy = contiguous(&dy);
+        let dy = if prec == Precision::F32 { dy } else { flex_from(rounded(prec, data(&dy)), &[s.rows * s.dout]) };
         let dyv = View { offset: 0, rs: s.dout as isize, cs: 1 };
         if let Some(p) = px {
             // dx[rows, din] = dy[rows, dout] · wᵀ[dout, din]
-            let wv = view2(&s.w).expect("2-D weight");
-            let wt = View { offset: wv.offset, rs: wv.cs, cs: wv.rs };
-            let dx = gemm(s.rows, s.din, s.dout, (data(&dy), dyv), (s.w.storage::<f32>(), wt));
+            let mut dx = if prec == Precision::F32 {
+                let wv = view2(&s.w).expect("2-D weight");
+                let wt = View { offset: wv.offset, rs: wv.cs, cs: wv.rs };
+                gemm(s.rows, s.din, s.dout, (data(&dy), dyv), (s.w.storage::<f32>(), wt))
+            } else {
+                let wr = rounded_weight(&s.w, prec);
+                let wt = View { offset: 0, rs: 1, cs: s.dout as isize };
+                gemm(s.rows, s.din, s.dout, (data(&dy), dyv), (data(&wr), wt))
+            };
+            round_in_place(prec, &mut dx);
             grads.register::<Flex>(p.id, flex_from(dx, &s.x_dims));
         }
         if let Some(p) = pw {
             // dw[din, dout] = xᵀ[din, rows] · dy[rows, dout]
             let xt = View { offset: 0, rs: 1, cs: s.din as isize };
-            let dw = gemm(s.din, s.dout, s.rows, (data(&s.x), xt), (data(&dy), dyv));
+            let mut dw = gemm(s.din, s.dout, s.rows, (data(&s.x), xt), (data(&dy), dyv));
+            round_in_place(prec, &mut dw);
             grads.register::<Flex>(p.id, flex_from(dw, &[s.din, s.dout]));
         }
     }

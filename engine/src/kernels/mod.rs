@@ -15,7 +15,9 @@
 //! - [`mlp::swiglu`]: `silu(gate) * up`;
 //! - [`norm::rms_norm`], RMSNorm;
 //! - [`optim::adamw_update`] and [`optim::sum_squares`]: the optimiser's update and the gradient
-//!   norm, in place.
+//!   norm, in place;
+//! - [`precision::round`]: rounding to bf16/f16 for mixed-precision training, whose scope
+//!   ([`precision::with`]) the products above honour.
 //!
 //! Every kernel is reached through a function that takes and returns ordinary `Tensor`s. It
 //! runs the fused kernel when the tensors live on flex (with or without autodiff), and otherwise
@@ -30,6 +32,7 @@ pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod optim;
+pub mod precision;
 pub mod qlinear;
 mod simd;
 

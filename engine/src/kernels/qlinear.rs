@@ -30,7 +30,15 @@ const DOT_ROWS: usize = 8;
 const TILE: usize = 256;
 
 /// `x · Wᵀ` over the last dimension of `x` (`[..., in]`), with `w` `[out, in]` packed.
+///
+/// In bf16/f16 the input and the result (and their gradients) are rounded to it; the frozen
+/// weight enters as dequantised, in f32 (bitsandbytes' QLoRA dequantises to the compute dtype;
+/// keeping f32 loses nothing and costs nothing here, as tiles are dequantised anyway).
 pub fn packed_matmul<const D: usize>(x: Tensor<D>, w: &Arc<PackedMatrix>) -> Tensor<D> {
+    use super::precision;
+    if precision::current() != precision::Precision::F32 {
+        return precision::round(precision::with(precision::Precision::F32, || packed_matmul(precision::round(x), w)));
+    }
     let dims = x.dims();
     let (dout, din) = (w.rows, w.cols);
     assert_eq!(dims[D - 1], din, "packed_matmul: input has {} features, the weight {din}", dims[D - 1]);

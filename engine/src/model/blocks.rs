@@ -232,8 +232,12 @@ impl Attention {
             (k, v)
         };
         let scale = 1.0 / (dh as f64).sqrt();
-        let p = kernels::attention::softmax_scores(q.matmul(k.swap_dims(2, 3)), scale, mask);
-        let out = p.matmul(v).swap_dims(1, 2).reshape([b, t, h * dh]);
+        // In bf16/f16 both products take rounded operands and give rounded results (as
+        // autocast's matmuls do); the softmax runs in f32. The identity in f32.
+        use kernels::precision::round;
+        let scores = round(round(q).matmul(round(k).swap_dims(2, 3)));
+        let p = round(kernels::attention::softmax_scores(scores, scale, mask));
+        let out = round(p.matmul(round(v))).swap_dims(1, 2).reshape([b, t, h * dh]);
         self.o.forward(out)
     }
 }

@@ -373,7 +373,10 @@ impl Transformer {
         let top = Tensor::<3>::from_inner(xs.pop().expect("last hidden")).require_grad();
         let l = loss(self, self.final_norm.forward(top.clone()));
         let value = l.clone().into_scalar::<f32>() as f64;
-        let g = l.backward();
+        // An f16 job's loss scale (1 otherwise): the gradients come out scaled, as from
+        // `train::optim::Accum::backward`.
+        let scale = crate::kernels::precision::loss_scale();
+        let g = if scale != 1.0 { (l * scale).backward() } else { l.backward() };
         let mut dx = top.grad(&g).map(Tensor::<3>::from_inner);
         add(GradientsParams::from_grads(g, self));
         // Each layer, from the top down.

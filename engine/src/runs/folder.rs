@@ -29,6 +29,9 @@ pub struct TrainState {
     /// Method state that is not a tensor (PPO's reward average, …).
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// An f16 job's dynamic loss scale and its good steps since the last change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<(f64, u64)>,
 }
 
 impl TrainState {

@@ -175,7 +175,11 @@ impl Accum {
     }
 
     /// Backpropagate one micro-batch's loss and add its gradients.
+    /// Under an f16 job's loss scale the loss is multiplied by it first (and [`Accum::apply`]
+    /// divides the gradients by it).
     pub fn backward<M: Module>(&mut self, model: &M, loss: Tensor<1>) {
+        let scale = crate::kernels::precision::loss_scale();
+        let loss = if scale != 1.0 { loss * scale } else { loss };
         let g = GradientsParams::from_grads(loss.backward(), model);
         self.grads = Some(match self.grads.take() {
             None => g,
@@ -193,14 +197,20 @@ impl Accum {
 
     /// Clip to `max_grad_norm` (global norm, `None`: off) and take one AdamW step. Returns the
     /// updated module and the norm before clipping. A non-finite norm leaves the module as it
-    /// was (the runner then stops the job).
+    /// was: under an f16 loss scale the step is skipped (the runner halves the scale, as
+    /// `GradScaler` does) and the norm reported as 0; otherwise the runner stops the job.
     pub fn apply<M: Module>(self, module: M, optim: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> (M, f64) {
         let Some(mut grads) = self.grads else { return (module, 0.0) };
-        let norm = global_grad_norm(&module, &grads);
+        let loss_scale = crate::kernels::precision::loss_scale();
+        let norm = global_grad_norm(&module, &grads) / loss_scale;
         if !norm.is_finite() {
+            if loss_scale != 1.0 {
+                crate::kernels::precision::note_overflow();
+                return (module, 0.0);
+            }
             return (module, norm);
         }
-        let module = optim.step(module, &mut grads, lr, clip_scale(norm, max_grad_norm));
+        let module = optim.step(module, &mut grads, lr, clip_scale(norm, max_grad_norm) / loss_scale);
         (module, norm)
     }
 }

@@ -19,6 +19,7 @@ use super::method::{Setup, Trainer};
 use super::optim::{StepLr, lr_at};
 use super::spec::{JobSpec, Method};
 use crate::data::dataset::{epoch_order, held_out_split};
+use crate::kernels::precision::{self, LossScaler, Precision};
 use crate::model::LoadedModel;
 use crate::runs::card::{BaseModelCard, FinalMetrics, RunCard, RunStatus, Versions};
 use crate::runs::{
@@ -187,6 +188,18 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         device: crate::device::device_label(&device_name),
     });
 
+    // Mixed precision: the job's precision around every step, and f16's dynamic loss scale.
+    let mut scaler = (tc.precision == Precision::F16).then(|| match state.loss_scale {
+        Some((scale, good_steps)) if scale.is_finite() && scale > 0.0 => LossScaler { scale, good_steps },
+        _ => LossScaler::new(),
+    });
+    let in_precision = |f: &mut dyn FnMut() -> Result<super::method::StepOut>, scaler: Option<&LossScaler>| {
+        precision::with(tc.precision, || match scaler {
+            Some(sc) => sc.scoped(f),
+            None => (f(), false),
+        })
+    };
+
     let t0 = Instant::now();
     let elapsed0 = state.elapsed_seconds;
     let peak = spec.peak_lr();
@@ -212,8 +225,22 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
                 device.seed(spec.seed.wrapping_add(step as u64)); // dropout masks reproducible on resume
             }
             let ts = Instant::now();
-            let out = trainer.step(&micro, StepLr { lr, scale: lr / peak })?;
+            let (out, overflow) = in_precision(&mut || trainer.step(&micro, StepLr { lr, scale: lr / peak }), scaler.as_ref());
+            let mut out = out?;
             let dt = ts.elapsed().as_secs_f64();
+            if let Some(sc) = scaler.as_mut() {
+                sc.update(overflow);
+                out.metrics.insert("loss_scale".into(), sc.scale);
+                out.metrics.insert("skipped_step".into(), if overflow { 1.0 } else { 0.0 });
+                state.loss_scale = Some((sc.scale, sc.good_steps));
+                if sc.scale < LossScaler::MIN {
+                    bail!(
+                        "the f16 gradients overflow at every loss scale (now {:e}) at step {}; try train.precision = \"bf16\" or a lower train.lr",
+                        sc.scale,
+                        state.step + 1
+                    );
+                }
+            }
             state.step += 1;
             state.tokens_seen += out.tokens;
             state.elapsed_seconds = elapsed0 + t0.elapsed().as_secs_f64();
@@ -244,7 +271,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
             let done = state.step == total_steps;
             if !eval_idx.is_empty()
                 && (done || (tc.eval_every > 0 && state.step % tc.eval_every == 0))
-                && let Some(e) = trainer.evaluate(&eval_idx, tc.batch_size, state.step)?
+                && let Some(e) = precision::with(tc.precision, || trainer.evaluate(&eval_idx, tc.batch_size, state.step))?
             {
                 sink.emit(JobEvent::Eval(e.clone()));
                 last_eval = Some(e);

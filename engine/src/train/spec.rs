@@ -14,6 +14,7 @@ use super::grpo::GrpoConfig;
 use super::optim::{AdamWConfig, Decay};
 use super::ppo::PpoConfig;
 use crate::data::DatasetSpec;
+pub use crate::kernels::precision::Precision;
 use crate::model::lora::LoraConfig;
 pub use crate::runs::Method;
 
@@ -59,6 +60,9 @@ pub struct TrainSpec {
     /// Recompute each decoder layer in the backward pass instead of keeping its activations
     /// (SFT and DPO): activation memory of about one layer, for about a third more compute.
     pub gradient_checkpointing: bool,
+    /// Precision of the matrix products: `f32`, or `bf16`/`f16` mixed precision over f32 master
+    /// weights and AdamW moments (`f16` with dynamic loss scaling). See `kernels::precision`.
+    pub precision: Precision,
 }
 
 impl Default for TrainSpec {
@@ -83,6 +87,7 @@ impl Default for TrainSpec {
             checkpoint_every: 0,
             checkpoint_keep: 2,
             gradient_checkpointing: false,
+            precision: Precision::F32,
         }
     }
 }
