@@ -37,7 +37,8 @@ const TILE: usize = 256;
 pub fn packed_matmul<const D: usize>(x: Tensor<D>, w: &Arc<PackedMatrix>) -> Tensor<D> {
     use super::precision;
     if precision::current() != precision::Precision::F32 {
-        return precision::round(precision::with(precision::Precision::F32, || packed_matmul(precision::round(x), w)));
+        let x = precision::round(x);
+        return precision::round(precision::with(precision::Precision::F32, || packed_matmul(x, w)));
     }
     let dims = x.dims();
     let (dout, din) = (w.rows, w.cols);
