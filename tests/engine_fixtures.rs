@@ -179,3 +179,42 @@ fn stop_strings_and_token_limits_end_generation() {
     assert_eq!(g.finish_reason, FinishReason::Cancelled);
     assert!(g.generated_ids.len() < 16);
 }
+
+/// Mixed precision keeps every fixture's per-token log-probs near transformers' f32 reference:
+/// in bf16 the mean |Δ log p| of every prompt is under 3e-2, and the worst |Δ log p| is within a
+/// quarter of transformers' own worst under `torch.autocast(bfloat16)` (tests/fixtures/
+/// autocast-bf16.json, by make_autocast_reference.py: bf16 moves some log-probs of these random
+/// tiny models by more than 3e-2 there too, up to 8e-2; the worst token is the noisiest
+/// statistic, where two bf16 implementations round in different orders). f16, three more mantissa bits, lands closer. And the rounding really happens: a
+/// low-precision pass that equalled the f32 one would mean nothing was rounded.
+#[test]
+fn bf16_and_f16_log_probs_stay_near_the_f32_reference() {
+    use whetstone_engine::kernels::precision::{Precision, with};
+    let autocast: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("autocast-bf16.json")).unwrap()).unwrap();
+    let mut failures = Vec::new();
+    for name in TINY_MODELS {
+        let dir = fixture(&format!("tiny-models/{name}"));
+        let m = LoadedModel::load(&dir, &Device::flex()).unwrap();
+        let r = reference(&dir);
+        let (mut bf16, mut bf16_mean, mut f16, mut f32_) = (0f64, 0f64, 0f64, 0f64);
+        for p in r["prompts"].as_array().unwrap() {
+            let ids = u32s(&p["ids"]);
+            let want = f64s(&p["token_logprobs"]);
+            f32_ = f32_.max(max_abs_diff(&m.token_logprobs(&ids).unwrap(), &want));
+            let b = with(Precision::Bf16, || m.token_logprobs(&ids)).unwrap();
+            bf16 = bf16.max(max_abs_diff(&b, &want));
+            bf16_mean = bf16_mean.max(b.iter().zip(&want).map(|(x, y)| (*x as f64 - y).abs()).sum::<f64>() / want.len() as f64);
+            f16 = f16.max(max_abs_diff(&with(Precision::F16, || m.token_logprobs(&ids)).unwrap(), &want));
+        }
+        let torch = &autocast["models"][name];
+        let torch_max = torch["max_abs_diff"].as_f64().unwrap();
+        eprintln!(
+            "{name}: max |Δ log p| f32 {f32_:.2e}, bf16 {bf16:.2e} (transformers autocast {torch_max:.2e}), worst prompt mean bf16 {bf16_mean:.2e} (transformers {:.2e}), f16 {f16:.2e}",
+            torch["worst_prompt_mean_abs_diff"].as_f64().unwrap()
+        );
+        if !(bf16_mean < 3e-2 && bf16 <= 1.25 * torch_max && f16 < bf16 && f16 > 10.0 * f32_) {
+            failures.push(format!("{name}: bf16 max {bf16} (transformers {torch_max}), mean {bf16_mean}; f16 {f16}; f32 {f32_}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -232,3 +232,79 @@ mod methods {
         }
     }
 }
+
+mod bf16_jobs {
+    //! Every method runs a few steps in bf16 on the real model through a job file (LoRA r4 on q
+    //! and v, the same small batch every step). For the methods whose loss is a descent objective
+    //! (SFT, reward, DPO, distillation) the loss falls in bf16 as it does in the same job in f32,
+    //! and ends near it; PPO and GRPO sample their own data, so in bf16 their losses and rewards
+    //! are finite and in range, and PPO's critic learns (its value loss falls).
+    use super::*;
+    use std::path::Path;
+    use whetstone_engine::runs::{JobEvent, StepRecord};
+    use whetstone_engine::train::{JobSpec, RunOptions, spawn};
+
+    const QA: [(&str, &str, &str); 4] = [
+        ("I have chest pain at rest.", "Call an ambulance now; this could be a heart attack.", "Drink some water and wait."),
+        ("My child has a fever of 40 C.", "See a doctor today and give paracetamol for the fever.", "Fevers are nothing."),
+        ("I cut my finger slightly.", "Clean it, press to stop bleeding and cover it.", "Ignore it."),
+        ("I have had a mild cough for two days.", "Rest, drink fluids and see a doctor if it lasts a week.", "Smoke less."),
+    ];
+
+    fn write_data(dir: &Path) {
+        let rows =
+            |f: &dyn Fn(&(&str, &str, &str)) -> serde_json::Value| QA.iter().map(|r| f(r).to_string()).collect::<Vec<_>>().join("\n");
+        std::fs::write(dir.join("sft.jsonl"), rows(&|(q, a, _)| serde_json::json!({"question": q, "answer": a}))).unwrap();
+        std::fs::write(dir.join("prefs.jsonl"), rows(&|(q, c, r)| serde_json::json!({"prompt": q, "chosen": c, "rejected": r}))).unwrap();
+        std::fs::write(dir.join("prompts.jsonl"), rows(&|(q, a, _)| serde_json::json!({"prompt": q, "reference": a}))).unwrap();
+    }
+
+    fn run(dir: &Path, method: &str, precision: &str, steps: usize) -> Vec<StepRecord> {
+        let (data, lr, section) = match method {
+            "sft" => ("sft.jsonl", 2e-3, String::new()),
+            "reward" | "dpo" => ("prefs.jsonl", 1e-3, String::new()),
+            "grpo" => ("prompts.jsonl", 1e-4, "[grpo]\ngroup_size = 3\nmax_new_tokens = 8\n[[grpo.rules]]\nrule = \"contains\"\ntext = \"doctor\"\ncase_insensitive = true\n".into()),
+            "ppo" => ("prompts.jsonl", 1e-4, "[ppo]\nmax_new_tokens = 8\nactor_lr = 1e-5\ncritic_lr = 1e-3\n[[ppo.rules]]\nrule = \"contains\"\ntext = \"doctor\"\ncase_insensitive = true\n".into()),
+            "distill" => ("sft.jsonl", 2e-3, format!("[distill]\nteacher = {:?}\ntemperature = 1.0\nsft_weight = 0.5\n", smollm2().display().to_string())),
+            m => panic!("{m}"),
+        };
+        let name = format!("{method}-{precision}");
+        let text = format!(
+            "method = \"{method}\"\nmodel = {:?}\nname = \"{name}\"\nseed = 5\noutput = \"runs\"\n[dataset]\npath = \"{data}\"\n[train]\nmax_steps = {steps}\nbatch_size = 4\nlr = {lr}\ndecay = \"constant\"\nmax_seq_len = 96\nprecision = \"{precision}\"\n[lora]\nrank = 4\nalpha = 8\ntargets = [\"q\", \"v\"]\n{section}",
+            smollm2().display().to_string()
+        );
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+        let evs: Vec<JobEvent> = h.events.iter().collect();
+        h.join();
+        assert!(matches!(evs.last(), Some(JobEvent::Finished { .. })), "{name}: {:?}", evs.last());
+        let s: Vec<StepRecord> = evs.iter().filter_map(|e| if let JobEvent::Step(s) = e { Some(s.clone()) } else { None }).collect();
+        assert_eq!(s.len(), steps);
+        assert!(s.iter().all(|r| r.loss.is_finite() && r.grad_norm.is_finite()), "{name}: {s:?}");
+        s
+    }
+
+    #[test]
+    fn every_method_trains_in_bf16_as_in_f32() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_data(tmp.path());
+        for method in ["sft", "reward", "dpo", "distill"] {
+            let f = run(tmp.path(), method, "f32", 4);
+            let b = run(tmp.path(), method, "bf16", 4);
+            let losses = |s: &[StepRecord]| s.iter().map(|r| r.loss).collect::<Vec<_>>();
+            eprintln!("{method}: f32 {:?}, bf16 {:?}", losses(&f), losses(&b));
+            assert!(f[3].loss < 0.9 * f[0].loss, "{method}: the f32 loss should fall: {:?}", losses(&f));
+            assert!(b[3].loss < 0.9 * b[0].loss, "{method}: the bf16 loss does not fall: {:?}", losses(&b));
+            let fell = |s: &[StepRecord]| s[0].loss - s[3].loss;
+            assert!((fell(&b) - fell(&f)).abs() < 0.2 * fell(&f), "{method}: bf16 fell by {}, f32 by {}", fell(&b), fell(&f));
+        }
+        let g = run(tmp.path(), "grpo", "bf16", 2);
+        assert!(g.iter().all(|s| (0.0..=1.0).contains(&s.metrics["reward_mean"]) && s.metrics["completion_length"] > 0.0), "{g:?}");
+        let p = run(tmp.path(), "ppo", "bf16", 4);
+        let vl: Vec<f64> = p.iter().map(|s| s.metrics["value_loss"]).collect();
+        eprintln!("ppo bf16 value loss {vl:?}");
+        assert!(p.iter().all(|s| s.metrics["policy_loss"].is_finite() && s.metrics["kl_to_reference"].abs() < 1.0), "{p:?}");
+        assert!(vl[3] < vl[0], "the bf16 critic should learn: {vl:?}");
+    }
+}

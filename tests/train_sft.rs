@@ -100,3 +100,44 @@ fn packed_rows_compute_what_separate_examples_compute() {
         assert!(pack_examples(&refs, 40).len() > 1);
     }
 }
+
+/// f16 loss scaling: at a scale where the f16 gradients overflow, the step changes nothing and
+/// says so (GradScaler's skipped step); at the default scale the scale divides out, so the
+/// gradient norm and the next loss are f32's within f16's rounding.
+#[test]
+fn f16_loss_scaling_skips_overflowed_steps_and_divides_out() {
+    use whetstone_engine::kernels::precision::{LossScaler, Precision, with};
+    let ad = Device::flex().autodiff();
+    let lm = LoadedModel::load(&fixture("tiny-models/qwen3"), &ad).unwrap();
+    let eos = lm.tokenizer.eos_id();
+    let pad = lm.tokenizer.pad_id().unwrap();
+    let encoded: Vec<_> = [("Fever 39C and stiff neck?", "Urgent: possible meningitis."), ("Mild cough?", "Routine: rest.")]
+        .iter()
+        .map(|(p, r)| encode(&lm.tokenizer, &SftExample::from_pair(None, p, r), 64, false, eos).unwrap())
+        .collect();
+    let mb = vec![make_batch(&encoded.iter().collect::<Vec<_>>(), pad, &ad)];
+    let trainer = || SftTrainer::new(lm.model.clone(), AdamW::new(AdamWConfig::default()), Some(1.0), encoded.clone(), pad);
+
+    let mut t = trainer();
+    let a0 = t.step_batches(&mb, 1e-2).unwrap();
+    let a1 = t.step_batches(&mb, 1e-2).unwrap();
+
+    let mut t = trainer();
+    let huge = LossScaler { scale: 1e30, good_steps: 0 };
+    let (s0, overflow) = with(Precision::F16, || huge.scoped(|| t.step_batches(&mb, 1e-2)));
+    let s0 = s0.unwrap();
+    assert!(overflow && s0.grad_norm == 0.0, "overflow {overflow}, norm {}", s0.grad_norm);
+    let (s1, overflow) = with(Precision::F16, || huge.scoped(|| t.step_batches(&mb, 1e-2)));
+    assert!(overflow);
+    assert_eq!(s1.unwrap().loss, s0.loss, "a skipped step leaves the model as it was");
+
+    let scaler = LossScaler::new();
+    let (b0, overflow) = with(Precision::F16, || scaler.scoped(|| t.step_batches(&mb, 1e-2)));
+    let b0 = b0.unwrap();
+    assert!(!overflow);
+    assert!((b0.loss - a0.loss).abs() < 1e-2 * a0.loss, "f16 loss {} vs f32 {}", b0.loss, a0.loss);
+    assert!((b0.grad_norm - a0.grad_norm).abs() < 1e-2 * a0.grad_norm, "f16 norm {} vs f32 {}", b0.grad_norm, a0.grad_norm);
+    let (b1, _) = with(Precision::F16, || scaler.scoped(|| t.step_batches(&mb, 1e-2)));
+    let b1 = b1.unwrap();
+    assert!((b1.loss - a1.loss).abs() < 1e-2 * a1.loss, "after one step: f16 loss {} vs f32 {}", b1.loss, a1.loss);
+}

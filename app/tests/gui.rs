@@ -364,6 +364,15 @@ fn the_train_form_starts_from_engine_defaults_and_jobs_run_on_the_engine_queue()
     // The model thread lists the devices once.
     settle(&mut h, "the device list", 60, |a| a.train_ui.devices.is_some());
     assert_eq!(h.state().train_ui.devices.as_ref().unwrap()[0].name, "cpu");
+    // Advanced: mixed precision (f32 by default on the CPU) and per-layer recomputation.
+    h.get_by_label("Advanced").click();
+    h.step();
+    assert_eq!(h.state().train_ui.draft.train.precision, whetstone_engine::train::spec::Precision::F32);
+    pick(&mut h, "Precision", "bf16");
+    h.get_by_label("Recompute layers (less memory)").click();
+    h.step();
+    let tr = &h.state().train_ui.draft.train;
+    assert_eq!((tr.precision, tr.gradient_checkpointing), (whetstone_engine::train::spec::Precision::Bf16, true));
 
     // A long job, then two more queued behind it; one of those is taken out again.
     {
@@ -384,6 +393,7 @@ fn the_train_form_starts_from_engine_defaults_and_jobs_run_on_the_engine_queue()
     h.step();
     let pending = h.state().train_ui.queue.pending();
     assert_eq!(pending.len(), 2, "{:?}", log(h.state()));
+    assert_eq!(pending[0].spec.train.precision, whetstone_engine::train::spec::Precision::Bf16, "the job runs as the form says");
     assert_ne!(pending[0].spec.name, pending[1].spec.name, "every job gets its own run name");
     h.get_by_role_and_label(Role::Button, &format!("Remove #{}", pending[1].job)).click();
     h.step();

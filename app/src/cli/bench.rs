@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use whetstone_engine::generate::{GenerateOptions, generate};
+use whetstone_engine::kernels::precision::{self, LossScaler, Precision};
 use whetstone_engine::model::LoadedModel;
 
 #[derive(clap::Args, Debug)]
@@ -86,11 +87,19 @@ pub struct TrainArgs {
     /// Recompute each decoder layer in the backward pass.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Compute precision of the matrix products: f32, bf16 or f16 (mixed precision over f32
+    /// master weights; f16 with dynamic loss scaling).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    Precision::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| format!("{s:?}: use f32, bf16 or f16"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -243,14 +252,31 @@ fn bench_train(a: TrainArgs) -> Result<()> {
     spec.train.batch_size = a.batch;
     spec.train.max_seq_len = a.seq;
     spec.train.gradient_checkpointing = a.gradient_checkpointing;
+    spec.train.precision = a.precision;
     let estimate = whetstone_engine::train::preflight::estimate_with_weights(&spec, &cfg, resident)?;
     let batch = make_batch(&examples.iter().collect::<Vec<_>>(), 0, &device);
     let mut trainer = SftTrainer::new(model, AdamW::new(AdamWConfig::default()), Some(1.0), examples, 0);
     trainer.recompute = a.gradient_checkpointing;
     let mut times = Vec::new();
+    let mut scaler = LossScaler::new();
+    let mut skipped = 0;
     for i in 0..=a.steps {
         let t = Instant::now();
-        trainer.step_batches(std::slice::from_ref(&batch), 1e-5)?;
+        // As the job runner does it: the precision scope around the step, and f16's loss scale.
+        let step = || trainer.step_batches(std::slice::from_ref(&batch), 1e-5);
+        let overflow = match a.precision {
+            Precision::F16 => {
+                let (r, overflow) = precision::with(a.precision, || scaler.scoped(step));
+                r?;
+                scaler.update(overflow);
+                overflow
+            }
+            p => {
+                precision::with(p, step)?;
+                false
+            }
+        };
+        skipped += overflow as usize;
         if i > 0 || a.steps == 1 {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -275,7 +301,8 @@ fn bench_train(a: TrainArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"bench": "train", "mode": mode, "model": what, "device": a.device,
+            serde_json::json!({"bench": "train", "mode": mode, "model": what, "device": a.device, "precision": a.precision.name(),
+                "skipped_steps": skipped,
                 "threads": threads, "batch": a.batch, "seq": a.seq, "trainable_parameters": trainable,
                 "parameters": cfg.num_params(), "resident_weight_bytes": resident, "gradient_checkpointing": a.gradient_checkpointing,
                 "steps": a.steps, "load_seconds": load_s, "step_seconds": step_s, "tokens_per_second": tps, "gflops": gflops,
@@ -283,7 +310,7 @@ fn bench_train(a: TrainArgs) -> Result<()> {
         );
     } else {
         let gb = |b: usize| b as f64 / 1e9;
-        println!("whetstone bench train ({mode}): {what} on {} ({threads} threads)", a.device);
+        println!("whetstone bench train ({mode}, {}): {what} on {} ({threads} threads)", a.precision.name(), a.device);
         println!(
             "batch {} x {} tokens, {} parameters ({:.2} GB resident), {} trainable, median of {} steps",
             a.batch,
@@ -295,6 +322,9 @@ fn bench_train(a: TrainArgs) -> Result<()> {
         );
         println!("load        {load_s:.1} s");
         println!("step        {step_s:.3} s");
+        if skipped > 0 {
+            println!("f16         {skipped} of {} steps overflowed and were skipped (loss scale now {})", a.steps + 1, scaler.scale);
+        }
         println!("throughput  {tps:.0} tokens/s ({gflops:.1} GFLOP/s)");
         println!(
             "memory      estimated {:.2} GB ({}), peak RSS {}",

@@ -65,6 +65,20 @@ fn zh(s: &str) -> Option<&'static str> {
         "Cancel" => "取消",
         "No workspace open" => "未打开工作区",
         "Rows" => "行",
+        "Precision" => "精度",
+        "Recompute layers (less memory)" => "逐层重算（省内存）",
+        "Gradient checkpointing: keeps about one layer's activations instead of all of them, for about a third more compute." => {
+            "梯度检查点：只保留约一层的激活值而非全部，计算量约多三分之一。"
+        }
+        "f32: full precision. The default on CPU, where bf16 and f16 are rounded in software and so no faster." => {
+            "f32：全精度。CPU 上的默认值；在 CPU 上 bf16 和 f16 由软件舍入，并不更快。"
+        }
+        "bf16 mixed precision: matrix products in bfloat16 over f32 master weights, as torch.autocast does. The choice on GPUs with bf16." => {
+            "bf16 混合精度：矩阵乘法用 bfloat16，主权重保持 f32（与 torch.autocast 相同）。支持 bf16 的 GPU 上的首选。"
+        }
+        "f16 mixed precision with dynamic loss scaling: steps whose gradients overflow are skipped and the scale lowered." => {
+            "f16 混合精度，带动态损失缩放：梯度溢出的步会被跳过，并降低缩放系数。"
+        }
         "Duplicates" => "重复项",
         "Personal data" => "个人信息",
         "Token lengths" => "词元长度",

@@ -50,6 +50,13 @@ impl Precision {
         }
     }
 
+    /// The precision a job on `device` (`cpu`, `wgpu[:N]`, `cuda[:N]`) starts with: bf16 on
+    /// CUDA, whose tensor cores multiply it natively; f32 elsewhere, since on CPU (burn's flex)
+    /// and on wgpu low precision is rounded in software and costs time without saving memory.
+    pub fn default_for_device(device: &str) -> Precision {
+        if device.starts_with("cuda") { Precision::Bf16 } else { Precision::F32 }
+    }
+
     /// Round one value to this precision (round to nearest even; f16 overflows to ±inf).
     #[inline(always)]
     pub fn round(self, x: f32) -> f32 {

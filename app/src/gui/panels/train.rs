@@ -16,7 +16,7 @@ use whetstone_engine::train::dpo::DpoConfig;
 use whetstone_engine::train::grpo::GrpoConfig;
 use whetstone_engine::train::ppo::PpoConfig;
 use whetstone_engine::train::rewards::{Rule, WeightedRule};
-use whetstone_engine::train::spec::SuiteHook;
+use whetstone_engine::train::spec::{Precision, SuiteHook};
 use whetstone_engine::train::{JobQueue, JobSpec, Method};
 
 use crate::gui::WorkbenchApp;
@@ -99,6 +99,8 @@ fn same_estimate(a: &JobSpec, b: &JobSpec) -> bool {
         && a.lora == b.lora
         && a.train.batch_size == b.train.batch_size
         && a.train.max_seq_len == b.train.max_seq_len
+        && a.train.gradient_checkpointing == b.train.gradient_checkpointing
+        && a.train.precision == b.train.precision
         && a.ppo == b.ppo
         && a.grpo == b.grpo
         && a.distill == b.distill
@@ -169,6 +171,9 @@ impl TrainUi {
         park(&mut d.distill, &mut p.distill);
         park(&mut d.eval_suite, &mut p.eval_suite);
         d.method = m;
+        if matches!(m, Method::Reward | Method::Ppo) {
+            d.train.gradient_checkpointing = false; // not available for these (JobSpec::validate)
+        }
         match m {
             Method::Sft => d.eval_suite = p.eval_suite.take(),
             Method::Dpo => d.dpo = Some(p.dpo.take().unwrap_or_default()),
@@ -499,6 +504,7 @@ fn advanced(u: &mut TrainUi, ui: &mut egui::Ui) {
                 ui.label("");
             }
             ui.end_row();
+            let device_before = d.device.clone();
             egui::ComboBox::from_label(t("Device")).selected_text(d.device.clone()).show_ui(ui, |ui| match &u.devices {
                 Some(list) => {
                     for dev in list {
@@ -509,6 +515,10 @@ fn advanced(u: &mut TrainUi, ui: &mut egui::Ui) {
                     ui.weak(t("Looking for devices…"));
                 }
             });
+            if d.device != device_before {
+                // A new device brings its sensible precision; the user can still change it.
+                d.train.precision = Precision::default_for_device(&d.device);
+            }
             egui::ComboBox::from_label(t("Rows"))
                 .selected_text(match &d.dataset.split {
                     None => t("all rows").to_string(),
@@ -520,6 +530,23 @@ fn advanced(u: &mut TrainUi, ui: &mut egui::Ui) {
                         ui.selectable_value(&mut d.dataset.split, Some(s.to_string()), format!("split = {s}"));
                     }
                 });
+            ui.end_row();
+            egui::ComboBox::from_label(t("Precision"))
+                .selected_text(d.train.precision.name())
+                .show_ui(ui, |ui| {
+                    for p in Precision::ALL {
+                        ui.selectable_value(&mut d.train.precision, p, p.name()).on_hover_text(t(precision_help(p)));
+                    }
+                })
+                .response
+                .on_hover_text(t(precision_help(d.train.precision)));
+            if matches!(d.method, Method::Sft | Method::Dpo | Method::Grpo | Method::Distill) {
+                ui.checkbox(&mut d.train.gradient_checkpointing, t("Recompute layers (less memory)")).on_hover_text(t(
+                    "Gradient checkpointing: keeps about one layer's activations instead of all of them, for about a third more compute.",
+                ));
+            } else {
+                ui.label("");
+            }
             ui.end_row();
             if d.method == Method::Sft {
                 let mut suite = d.eval_suite.as_ref().map(|h| h.suite.clone());
@@ -543,6 +570,19 @@ fn advanced(u: &mut TrainUi, ui: &mut egui::Ui) {
             }
         });
     });
+}
+
+/// What each precision means, for its tooltip.
+fn precision_help(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "f32: full precision. The default on CPU, where bf16 and f16 are rounded in software and so no faster.",
+        Precision::Bf16 => {
+            "bf16 mixed precision: matrix products in bfloat16 over f32 master weights, as torch.autocast does. The choice on GPUs with bf16."
+        }
+        Precision::F16 => {
+            "f16 mixed precision with dynamic loss scaling: steps whose gradients overflow are skipped and the scale lowered."
+        }
+    }
 }
 
 /// Start / Add to queue (the engine validates the job first), and the jobs waiting their turn.
