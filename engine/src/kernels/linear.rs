@@ -14,6 +14,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
+use super::bf16gemm;
 use super::precision::{self, Precision, round_in_place, rounded};
 use super::{Prim, ad_tensor, contiguous, data, flex_from, plain_tensor, prim_pair, record};
 
@@ -120,6 +121,9 @@ fn finish<const D: usize>(
     let mut y = if prec == Precision::F32 {
         let wv = view2(&ws).expect("2-D weight");
         gemm(rows, dout, din, (data(&xs), xv), (ws.storage::<f32>(), wv))
+    } else if prec == Precision::Bf16 && bf16gemm::worth(rows, dout, din) {
+        let wv = view2(&ws).expect("2-D weight");
+        bf16gemm::gemm_bf16(rows, dout, din, (data(&xs), xv), (ws.storage::<f32>(), wv))
     } else {
         let wr = rounded_weight(&ws, prec);
         gemm(rows, dout, din, (data(&xs), xv), (data(&wr), View { offset: 0, rs: dout as isize, cs: 1 }))
@@ -175,6 +179,10 @@ impl Backward<Flex, 2> for Linear {
                 let wv = view2(&s.w).expect("2-D weight");
                 let wt = View { offset: wv.offset, rs: wv.cs, cs: wv.rs };
                 gemm(s.rows, s.din, s.dout, (data(&dy), dyv), (s.w.storage::<f32>(), wt))
+            } else if prec == Precision::Bf16 && bf16gemm::worth(s.rows, s.din, s.dout) {
+                let wv = view2(&s.w).expect("2-D weight");
+                let wt = View { offset: wv.offset, rs: wv.cs, cs: wv.rs };
+                bf16gemm::gemm_bf16(s.rows, s.din, s.dout, (data(&dy), dyv), (s.w.storage::<f32>(), wt))
             } else {
                 let wr = rounded_weight(&s.w, prec);
                 let wt = View { offset: 0, rs: 1, cs: s.dout as isize };
@@ -186,7 +194,11 @@ impl Backward<Flex, 2> for Linear {
         if let Some(p) = pw {
             // dw[din, dout] = xᵀ[din, rows] · dy[rows, dout]
             let xt = View { offset: 0, rs: 1, cs: s.din as isize };
-            let mut dw = gemm(s.din, s.dout, s.rows, (data(&s.x), xt), (data(&dy), dyv));
+            let mut dw = if prec == Precision::Bf16 && bf16gemm::worth(s.din, s.dout, s.rows) {
+                bf16gemm::gemm_bf16(s.din, s.dout, s.rows, (data(&s.x), xt), (data(&dy), dyv))
+            } else {
+                gemm(s.din, s.dout, s.rows, (data(&s.x), xt), (data(&dy), dyv))
+            };
             round_in_place(prec, &mut dw);
             grads.register::<Flex>(p.id, flex_from(dw, &[s.din, s.dout]));
         }

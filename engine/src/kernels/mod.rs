@@ -26,6 +26,7 @@
 //! paths against each other.
 
 pub mod attention;
+pub mod bf16gemm;
 pub mod cross_entropy;
 pub mod head;
 pub mod linear;
