@@ -62,18 +62,46 @@ fn bf16_bits(x: f32) -> u32 {
 /// `dst[m, n] = bf16(lhs)[m, k] · bf16(rhs)[k, n]`, f32 accumulation, dst row-major. Call only
 /// when [`available`].
 pub(crate) fn gemm_bf16(m: usize, n: usize, k: usize, lhs: (&[f32], View), rhs: (&[f32], View)) -> Vec<f32> {
-    assert!(available(), "gemm_bf16 without AVX512-BF16");
+    let a = pack_lhs(m, k, lhs);
+    let mut out = vec![0f32; m * n];
+    gemm_packed(&a, n, rhs, &mut out, n, false);
+    out
+}
+
+/// `lhs` `[m, k]` rounded to bf16 and packed, to be multiplied by several right-hand sides.
+pub(crate) struct PackedLhs {
+    a: Vec<u32>,
+    m: usize,
+    k: usize,
+}
+
+/// Pack `lhs` `[m, k]` (any non-negative strides) once for [`gemm_packed`].
+pub(crate) fn pack_lhs(m: usize, k: usize, lhs: (&[f32], View)) -> PackedLhs {
+    assert!(available(), "bf16 GEMM without AVX512-BF16");
     let kp = k.div_ceil(2);
-    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    // lhs panels: [panel][pair][row]; rhs panels: [panel][pair][column].
-    let mut a = vec![0u32; mp * kp * MR];
+    // [panel][pair][row]
+    let mut a = vec![0u32; m.div_ceil(MR) * kp * MR];
     a.par_chunks_mut(kp * MR).enumerate().for_each(|(p, panel)| pack(lhs, p * MR, MR.min(m - p * MR), k, MR, panel, false));
+    PackedLhs { a, m, k }
+}
+
+/// `dst[m, n] (+)= a · bf16(rhs)[k, n]`: `dst` holds `m` rows of stride `ldc ≥ n` (the last one
+/// may end after column `n`), of which the first `n` columns are written (added to when
+/// `accumulate`).
+pub(crate) fn gemm_packed(a: &PackedLhs, n: usize, rhs: (&[f32], View), dst: &mut [f32], ldc: usize, accumulate: bool) {
+    let (m, k) = (a.m, a.k);
+    assert!(ldc >= n && (m == 0 || dst.len() >= (m - 1) * ldc + n), "gemm_packed: destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kp = k.div_ceil(2);
+    let np = n.div_ceil(NR);
+    // [panel][pair][column]
     let mut b = vec![0u32; np * kp * NR];
     b.par_chunks_mut(kp * NR).enumerate().for_each(|(p, panel)| pack(rhs, p * NR, NR.min(n - p * NR), k, NR, panel, true));
-
-    let mut out = vec![0f32; m * n];
-    out.par_chunks_mut(MC * n).enumerate().for_each(|(blk, c)| {
-        let rows = c.len() / n;
+    let dst = &mut dst[..(m - 1) * ldc + n];
+    dst.par_chunks_mut(MC * ldc).enumerate().for_each(|(blk, c)| {
+        let rows = c.len().div_ceil(ldc);
         for kb in (0..kp).step_by(KC) {
             let kc = KC.min(kp - kb);
             for jp in 0..np {
@@ -81,22 +109,22 @@ pub(crate) fn gemm_bf16(m: usize, n: usize, k: usize, lhs: (&[f32], View), rhs: 
                 let bp = &b[(jp * kp + kb) * NR..][..kc * NR];
                 for r0 in (0..rows).step_by(MR) {
                     let panel = (blk * MC + r0) / MR;
-                    let ap = &a[(panel * kp + kb) * MR..][..kc * MR];
-                    let dst = &mut c[r0 * n + jp * NR..];
-                    // SAFETY: `available()` was checked; `ap`/`bp` hold `kc` pairs of MR/NR
-                    // values; `dst` holds rows `MR.min(rows - r0)` of stride `n`, of which the
-                    // kernel touches the first `cols` columns.
+                    let ap = &a.a[(panel * kp + kb) * MR..][..kc * MR];
+                    let out = &mut c[r0 * ldc + jp * NR..];
+                    // SAFETY: `available()` was checked when `a` was packed; `ap`/`bp` hold `kc`
+                    // pairs of MR/NR values; `out` holds rows `MR.min(rows - r0)` of stride
+                    // `ldc`, of which the kernel touches the first `cols` columns (the last row
+                    // reaches column n at least).
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        x86::kernel(kc, ap, bp, dst, n, MR.min(rows - r0), cols, kb > 0)
+                        x86::kernel(kc, ap, bp, out, ldc, MR.min(rows - r0), cols, accumulate || kb > 0)
                     };
                     #[cfg(not(target_arch = "x86_64"))]
-                    let _ = (ap, bp, dst, cols);
+                    let _ = (ap, bp, out, cols);
                 }
             }
         }
     });
-    out
 }
 
 /// Pack `width` lines (rows of `lhs`, or columns of `rhs` when `columns`) starting at `first` into

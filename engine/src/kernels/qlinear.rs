@@ -20,6 +20,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::linear::View;
 use super::simd::{multiversion, sum_zip};
 use super::{Prim, ad_tensor, contiguous, data, flex_from, gemm_into, plain_tensor, prim, record};
 use crate::io::quant::{PackedMatrix, dequant_into};
@@ -31,19 +32,22 @@ const TILE: usize = 256;
 
 /// `x · Wᵀ` over the last dimension of `x` (`[..., in]`), with `w` `[out, in]` packed.
 ///
-/// In bf16/f16 the input and the result (and their gradients) are rounded to it; the frozen
-/// weight enters as dequantised, in f32 (bitsandbytes' QLoRA dequantises to the compute dtype;
-/// keeping f32 loses nothing and costs nothing here, as tiles are dequantised anyway).
+/// In bf16/f16 the input and the result (and their gradients) are rounded to it. In bf16 on a
+/// CPU with AVX512-BF16, a product of many rows runs on the bf16 kernel: each dequantised tile
+/// is rounded to bf16 as it is packed, as bitsandbytes' QLoRA dequantises to the compute dtype.
+/// Elsewhere (f16, few rows, other CPUs) the dequantised weight enters in f32.
 pub fn packed_matmul<const D: usize>(x: Tensor<D>, w: &Arc<PackedMatrix>) -> Tensor<D> {
-    use super::precision;
-    if precision::current() != precision::Precision::F32 {
-        let x = precision::round(x);
-        return precision::round(precision::with(precision::Precision::F32, || packed_matmul(x, w)));
-    }
+    use super::precision::{self, Precision};
     let dims = x.dims();
     let (dout, din) = (w.rows, w.cols);
     assert_eq!(dims[D - 1], din, "packed_matmul: input has {} features, the weight {din}", dims[D - 1]);
     let rows = dims.iter().product::<usize>() / din.max(1);
+    let prec = precision::current();
+    let bf16_kernel = prec == Precision::Bf16 && rows > DOT_ROWS && super::bf16gemm::worth(rows, TILE.min(dout), din) && prim(&x).is_some();
+    if prec != Precision::F32 && !bf16_kernel {
+        let x = precision::round(x);
+        return precision::round(precision::with(Precision::F32, || packed_matmul(x, w)));
+    }
     let mut out_dims = dims;
     out_dims[D - 1] = dout;
     let Some(px) = prim(&x) else {
@@ -54,13 +58,14 @@ pub fn packed_matmul<const D: usize>(x: Tensor<D>, w: &Arc<PackedMatrix>) -> Ten
     };
     drop(x);
     let xs = contiguous(px.flex());
-    let y = forward(data(&xs), rows, w);
+    let y = if bf16_kernel { forward_bf16(data(&xs), rows, w) } else { forward(data(&xs), rows, w) };
     let out = flex_from(y, &out_dims);
     match px {
         Prim::Ad(ax) => {
             let nodes = [ax.node()];
             drop(ax);
-            ad_tensor(record(PackedLinear, nodes, PackedState { w: w.clone(), rows, x_dims: dims.to_vec() }, out))
+            let state = PackedState { w: w.clone(), rows, x_dims: dims.to_vec(), bf16: bf16_kernel };
+            ad_tensor(record(PackedLinear, nodes, state, out))
         }
         Prim::Plain(_) => plain_tensor(out),
     }
@@ -105,6 +110,41 @@ pub(crate) fn forward(x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
         gemm_into(&mut y[o0..], dout, rows, o1 - o0, din, x, din as isize, 1, &tile, 1, din as isize, false);
     }
     y
+}
+
+/// [`forward`] for many rows in bf16: `x` packed once, each dequantised tile rounded as it is
+/// packed, f32 accumulation; the result rounded to bf16.
+fn forward_bf16(x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
+    let (dout, din) = (w.rows, w.cols);
+    let a = super::bf16gemm::pack_lhs(rows, din, (x, View { offset: 0, rs: din as isize, cs: 1 }));
+    let mut y = vec![0f32; rows * dout];
+    let mut tile = vec![0f32; TILE.min(dout) * din];
+    for o0 in (0..dout).step_by(TILE) {
+        let o1 = (o0 + TILE).min(dout);
+        let t = &mut tile[..(o1 - o0) * din];
+        dequant_tile(w, o0, o1, t);
+        // y[:, o0..o1] = x · tileᵀ; tileᵀ is [din, o1 - o0] with unit row stride.
+        super::bf16gemm::gemm_packed(&a, o1 - o0, (t, View { offset: 0, rs: 1, cs: din as isize }), &mut y[o0..], dout, false);
+    }
+    super::precision::round_in_place(super::precision::Precision::Bf16, &mut y);
+    y
+}
+
+/// [`backward_x`] in bf16: `dx = Σ_tiles dy[:, tile] · tile`, operands rounded while packed,
+/// the result rounded.
+fn backward_x_bf16(dy: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
+    let (dout, din) = (w.rows, w.cols);
+    let mut dx = vec![0f32; rows * din];
+    let mut tile = vec![0f32; TILE.min(dout) * din];
+    for o0 in (0..dout).step_by(TILE) {
+        let o1 = (o0 + TILE).min(dout);
+        let t = &mut tile[..(o1 - o0) * din];
+        dequant_tile(w, o0, o1, t);
+        let a = super::bf16gemm::pack_lhs(rows, o1 - o0, (dy, View { offset: o0, rs: dout as isize, cs: 1 }));
+        super::bf16gemm::gemm_packed(&a, din, (t, View { offset: 0, rs: din as isize, cs: 1 }), &mut dx, din, o0 > 0);
+    }
+    super::precision::round_in_place(super::precision::Precision::Bf16, &mut dx);
+    dx
 }
 
 /// Rows `o0..o1` of `w` into `out`, split over threads.
@@ -440,6 +480,8 @@ struct PackedState {
     w: Arc<PackedMatrix>,
     rows: usize,
     x_dims: Vec<usize>,
+    /// The forward pass ran on the bf16 kernel (the backward does too).
+    bf16: bool,
 }
 
 impl Backward<Flex, 1> for PackedLinear {
@@ -451,7 +493,7 @@ impl Backward<Flex, 1> for PackedLinear {
         let Some(p) = px else { return };
         let s = ops.state;
         let dy = contiguous(&dy);
-        let dx = backward_x(data(&dy), s.rows, &s.w);
+        let dx = if s.bf16 { backward_x_bf16(data(&dy), s.rows, &s.w) } else { backward_x(data(&dy), s.rows, &s.w) };
         grads.register::<Flex>(p.id, flex_from(dx, &s.x_dims));
     }
 }
@@ -537,5 +579,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// In bf16, the packed product over several tiles (a partial last one) and its input
+    /// gradient equal the f64 products of the bf16-rounded input and dequantised weight, rounded
+    /// to bf16 (one bf16 step apart at most, where the f32 sums round the other way), and
+    /// `packed_matmul` takes this path for many rows in bf16.
+    #[test]
+    fn bf16_tiles_compute_the_product_of_rounded_operands() {
+        use super::super::bf16gemm;
+        use super::super::precision::{Precision, round_bf16, with};
+        if !bf16gemm::available() {
+            assert!(!bf16gemm::worth(1024, 1024, 1024));
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 tiles are not exercised");
+            return;
+        }
+        let (rows, din, dout) = (40, 96, 300);
+        let mut s = 777u32;
+        let mut next = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let w = HostTensor::new(vec![dout, din], (0..dout * din).map(|_| next() * 0.2).collect());
+        let p = Arc::new(PackedMatrix::quantize(GgmlType::Q8_0, &w).unwrap());
+        let wd = p.to_host().data;
+        let x: Vec<f32> = (0..rows * din).map(|_| next()).collect();
+        let dy: Vec<f32> = (0..rows * dout).map(|_| next()).collect();
+        let r = |v: f32| round_bf16(v) as f64;
+        let close = |got: f32, want: f64, what: &str| {
+            let tol = want.abs() / 256.0 + 1e-5;
+            assert!((got as f64 - want).abs() <= tol, "{what}: {got} vs {want}");
+        };
+        let y = forward_bf16(&x, rows, &p);
+        for i in 0..rows {
+            for o in 0..dout {
+                let want: f64 = (0..din).map(|k| r(x[i * din + k]) * r(wd[o * din + k])).sum();
+                close(y[i * dout + o], want, &format!("y[{i},{o}]"));
+                assert_eq!(y[i * dout + o], round_bf16(y[i * dout + o]), "y is rounded to bf16");
+            }
+        }
+        let dx = backward_x_bf16(&dy, rows, &p);
+        for i in 0..rows {
+            for k in 0..din {
+                let want: f64 = (0..dout).map(|o| r(dy[i * dout + o]) * r(wd[o * din + k])).sum();
+                close(dx[i * din + k], want, &format!("dx[{i},{k}]"));
+            }
+        }
+        let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, din]), &burn::tensor::Device::flex());
+        let yt = with(Precision::Bf16, || packed_matmul(xt, &p));
+        assert_eq!(yt.into_data().try_to_vec::<f32>().unwrap(), y, "packed_matmul in bf16 takes the bf16 tiles");
     }
 }
