@@ -87,7 +87,11 @@ pub fn matmul_last<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     };
     drop((x, w));
     let rows = dims.iter().product::<usize>() / din;
-    let xs = if prec == Precision::F32 {
+    // The bf16 kernel rounds its operands as it packs them: `x` needs a rounded copy only when
+    // the forward product or the weight gradient (which reads the stored `x`) may take the f32
+    // GEMM on rounded operands instead.
+    let kernel_only = prec == Precision::Bf16 && bf16gemm::worth(rows, dout, din) && bf16gemm::worth(din, dout, rows);
+    let xs = if prec == Precision::F32 || kernel_only {
         contiguous(px.flex())
     } else {
         let c = contiguous(px.flex());
@@ -155,7 +159,8 @@ struct LinearState {
     din: usize,
     dout: usize,
     x_dims: Vec<usize>,
-    /// The compute precision of the forward pass (`x` is already rounded to it).
+    /// The compute precision of the forward pass. `x` is rounded to it, unless every product
+    /// that reads it runs on the bf16 kernel, which rounds while packing.
     prec: Precision,
 }
 
@@ -171,7 +176,11 @@ impl Backward<Flex, 2> for Linear {
         let s = ops.state;
         let prec = s.prec;
         let dy = contiguous(&dy);
-        let dy = if prec == Precision::F32 { dy } else { flex_from(rounded(prec, data(&dy)), &[s.rows * s.dout]) };
+        // As in the forward pass: a rounded copy of dy only for products off the bf16 kernel.
+        let dx_kernel = prec == Precision::Bf16 && bf16gemm::worth(s.rows, s.din, s.dout);
+        let dw_kernel = prec == Precision::Bf16 && bf16gemm::worth(s.din, s.dout, s.rows);
+        let kernel_only = (px.is_none() || dx_kernel) && (pw.is_none() || dw_kernel);
+        let dy = if prec == Precision::F32 || kernel_only { dy } else { flex_from(rounded(prec, data(&dy)), &[s.rows * s.dout]) };
         let dyv = View { offset: 0, rs: s.dout as isize, cs: 1 };
         if let Some(p) = px {
             // dx[rows, din] = dy[rows, dout] · wᵀ[dout, din]
@@ -179,7 +188,7 @@ impl Backward<Flex, 2> for Linear {
                 let wv = view2(&s.w).expect("2-D weight");
                 let wt = View { offset: wv.offset, rs: wv.cs, cs: wv.rs };
                 gemm(s.rows, s.din, s.dout, (data(&dy), dyv), (s.w.storage::<f32>(), wt))
-            } else if prec == Precision::Bf16 && bf16gemm::worth(s.rows, s.din, s.dout) {
+            } else if dx_kernel {
                 let wv = view2(&s.w).expect("2-D weight");
                 let wt = View { offset: wv.offset, rs: wv.cs, cs: wv.rs };
                 bf16gemm::gemm_bf16(s.rows, s.din, s.dout, (data(&dy), dyv), (s.w.storage::<f32>(), wt))
@@ -194,7 +203,7 @@ impl Backward<Flex, 2> for Linear {
         if let Some(p) = pw {
             // dw[din, dout] = xᵀ[din, rows] · dy[rows, dout]
             let xt = View { offset: 0, rs: 1, cs: s.din as isize };
-            let mut dw = if prec == Precision::Bf16 && bf16gemm::worth(s.din, s.dout, s.rows) {
+            let mut dw = if dw_kernel {
                 bf16gemm::gemm_bf16(s.din, s.dout, s.rows, (data(&s.x), xt), (data(&dy), dyv))
             } else {
                 gemm(s.din, s.dout, s.rows, (data(&s.x), xt), (data(&dy), dyv))
