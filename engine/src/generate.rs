@@ -161,10 +161,12 @@ pub fn decode(
             out.finish = FinishReason::ContextFull;
             break;
         }
-        let hidden = model.forward_hidden(ids_tensor(&input, &device), Some(&mut cache));
-        let t = hidden.dims()[1];
-        let logits = model.logits(hidden.slice_dim(1, t - 1..t));
-        let mut row = logits.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+        let mut row = crate::kernels::on_pool(|| {
+            let hidden = model.forward_hidden(ids_tensor(&input, &device), Some(&mut cache));
+            let t = hidden.dims()[1];
+            let logits = model.logits(hidden.slice_dim(1, t - 1..t));
+            logits.try_into_vec_as::<f32>().map_err(|e| anyhow!("{e:?}"))
+        })?;
         if out.ids.is_empty() {
             out.prefill_seconds = t0.elapsed().as_secs_f64();
         }

@@ -86,6 +86,33 @@ pub(crate) fn record<BO: Backward<Flex, N>, const N: usize>(op: BO, nodes: [Node
 }
 
 /// A float tensor's primitive when it lives on flex as f32: plain, or inside autodiff.
+/// Run `f` on a thread of rayon's pool (directly, where the caller is one already). A parallel
+/// product started from outside the pool is handed in and waited for, which costs two thread
+/// wake-ups each time; started from a pool thread, that thread takes part and at most the
+/// other workers are woken. A decoding step has some 120 small products, so it runs whole on
+/// the pool and the caller waits once.
+///
+/// What this thread has in force (the composite switch, the precision scope and its loss
+/// scale) goes with `f`, what `f` leaves (an f16 overflow seen) comes back, and the pool thread
+/// is left as it was.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let (composite, prec) = (COMPOSITE.get(), precision::snapshot());
+    let (r, after) = rayon::scope(|_| {
+        let saved = (COMPOSITE.replace(composite), precision::snapshot());
+        precision::restore(prec);
+        let r = f();
+        let after = precision::snapshot();
+        COMPOSITE.set(saved.0);
+        precision::restore(saved.1);
+        (r, after)
+    });
+    precision::restore(after);
+    r
+}
+
 pub(crate) enum Prim {
     Plain(FlexTensor),
     Ad(AdTensor),
@@ -258,5 +285,37 @@ pub(crate) fn gemm_into(
             false,
             par,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::precision::{self, LossScaler, Precision};
+
+    /// `on_pool` runs its closure on a pool thread with the caller's precision, loss scale and
+    /// composite switch, brings an overflow noted there back to the caller, and leaves the pool
+    /// thread as it found it.
+    #[test]
+    fn on_pool_carries_the_callers_thread_state() {
+        assert!(rayon::current_thread_index().is_none(), "the test harness thread is not one of rayon's");
+        let sc = LossScaler { scale: 1024.0, good_steps: 0 };
+        let (seen, overflow) = precision::with(Precision::F16, || {
+            sc.scoped(|| {
+                super::composite(|| {
+                    super::on_pool(|| {
+                        let seen =
+                            (rayon::current_thread_index().is_some(), precision::current(), precision::loss_scale(), super::enabled());
+                        precision::note_overflow();
+                        seen
+                    })
+                })
+            })
+        });
+        assert_eq!(seen, (true, Precision::F16, 1024.0, false));
+        assert!(overflow, "the overflow noted on the pool thread reached the caller's scaler");
+        // Every pool thread is back to the defaults.
+        let after = rayon::broadcast(|_| (precision::current(), precision::loss_scale(), super::enabled()));
+        assert!(after.iter().all(|a| *a == (Precision::F32, 1.0, super::enabled())), "{after:?}");
+        assert_eq!(precision::current(), Precision::F32);
     }
 }

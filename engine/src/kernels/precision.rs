@@ -93,6 +93,19 @@ thread_local! {
     static OVERFLOW: Cell<bool> = const { Cell::new(false) };
 }
 
+/// This thread's precision state (precision, loss scale, overflow seen), to carry a step to
+/// another thread ([`super::on_pool`]).
+pub(crate) fn snapshot() -> (Precision, f64, bool) {
+    (CURRENT.get(), SCALE.get(), OVERFLOW.get())
+}
+
+/// Put back what [`snapshot`] took.
+pub(crate) fn restore((p, scale, overflow): (Precision, f64, bool)) {
+    CURRENT.set(p);
+    SCALE.set(scale);
+    OVERFLOW.set(overflow);
+}
+
 /// The compute precision in force on this thread.
 pub fn current() -> Precision {
     CURRENT.get()

@@ -75,31 +75,7 @@ pub fn packed_matmul<const D: usize>(x: Tensor<D>, w: &Arc<PackedMatrix>) -> Ten
 pub(crate) fn forward(x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
     let (dout, din) = (w.rows, w.cols);
     if rows <= DOT_ROWS {
-        // Each task takes a run of output features; y is written transposed, then turned. Small
-        // products stay on this thread (handing them to the pool costs more than they take).
-        let per = (dout / (rayon::current_num_threads() * 4)).clamp(16, 1024);
-        let sums = block_sums(x, rows, din);
-        let task = |c: usize| {
-            let (o0, o1) = (c * per, ((c + 1) * per).min(dout));
-            let mut part = vec![0f32; (o1 - o0) * rows];
-            let mut buf = vec![0f32; din];
-            dot_rows(w, o0, o1, x, rows, &sums, &mut buf, &mut part);
-            part
-        };
-        let n = dout.div_ceil(per);
-        let yt: Vec<Vec<f32>> =
-            if dout * din < (1 << 16) { (0..n).map(task).collect() } else { (0..n).into_par_iter().map(task).collect() };
-        let mut y = vec![0f32; rows * dout];
-        let mut o = 0;
-        for part in yt {
-            for row in part.chunks_exact(rows) {
-                for r in 0..rows {
-                    y[r * dout + o] = row[r];
-                }
-                o += 1;
-            }
-        }
-        return y;
+        return dot_many(x, rows, &[w]).pop().expect("one product");
     }
     let mut y = vec![0f32; rows * dout];
     let mut tile = vec![0f32; TILE.min(dout) * din];
@@ -110,6 +86,69 @@ pub(crate) fn forward(x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
         gemm_into(&mut y[o0..], dout, rows, o1 - o0, din, x, din as isize, 1, &tile, 1, din as isize, false);
     }
     y
+}
+
+/// The products of the same few rows of `x` (`[rows, in]`) with several packed weights of `in`
+/// columns each: decoding's q, k and v, or gate and up, as one parallel region, so the thread
+/// pool is woken once for all of them. Each output is `[rows, out_w]`. A task takes a run of one
+/// weight's output features and writes them transposed; they are turned at the end. Small
+/// products stay on this thread (handing them to the pool costs more than they take).
+fn dot_many(x: &[f32], rows: usize, ws: &[&PackedMatrix]) -> Vec<Vec<f32>> {
+    let din = ws.first().map_or(0, |w| w.cols);
+    assert!(ws.iter().all(|w| w.cols == din), "dot_many: weights of different widths");
+    let total: usize = ws.iter().map(|w| w.rows).sum();
+    let per = (total / (rayon::current_num_threads() * 4)).clamp(16, 1024);
+    let sums = block_sums(x, rows, din);
+    let tasks: Vec<(usize, usize, usize)> =
+        ws.iter().enumerate().flat_map(|(i, w)| (0..w.rows).step_by(per).map(move |o0| (i, o0, (o0 + per).min(w.rows)))).collect();
+    let task = |&(i, o0, o1): &(usize, usize, usize)| {
+        let mut part = vec![0f32; (o1 - o0) * rows];
+        let mut buf = vec![0f32; din];
+        dot_rows(ws[i], o0, o1, x, rows, &sums, &mut buf, &mut part);
+        part
+    };
+    let parts: Vec<Vec<f32>> =
+        if total * din < (1 << 16) { tasks.iter().map(task).collect() } else { tasks.par_iter().map(task).collect() };
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; rows * w.rows]).collect();
+    for (&(i, o0, _), part) in tasks.iter().zip(parts) {
+        let dout = ws[i].rows;
+        for (k, col) in part.chunks_exact(rows).enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                ys[i][r * dout + o0 + k] = *v;
+            }
+        }
+    }
+    ys
+}
+
+/// `[x · Wᵢᵀ for each weight]` for a decoding step: `x` (`[..., in]`) of at most a few rows,
+/// outside autodiff, in f32, on flex; `None` otherwise (the caller then multiplies one by one).
+pub fn packed_matmul_many<const D: usize>(x: &Tensor<D>, ws: &[&Arc<PackedMatrix>]) -> Option<Vec<Tensor<D>>> {
+    let dims = x.dims();
+    let din = dims[D - 1];
+    let rows = dims.iter().product::<usize>() / din.max(1);
+    if ws.is_empty()
+        || rows > DOT_ROWS
+        || x.is_autodiff()
+        || super::precision::current() != super::precision::Precision::F32
+        || ws.iter().any(|w| w.cols != din)
+    {
+        return None;
+    }
+    let Some(Prim::Plain(px)) = prim(x) else { return None };
+    let xs = contiguous(&px);
+    let ws: Vec<&PackedMatrix> = ws.iter().map(|w| w.as_ref()).collect();
+    let ys = dot_many(data(&xs), rows, &ws);
+    Some(
+        ys.into_iter()
+            .zip(&ws)
+            .map(|(y, w)| {
+                let mut out_dims = dims;
+                out_dims[D - 1] = w.rows;
+                plain_tensor(flex_from(y, &out_dims))
+            })
+            .collect(),
+    )
 }
 
 /// [`forward`] for many rows in bf16: `x` packed once, each dequantised tile rounded as it is
@@ -302,18 +341,22 @@ mod fast {
                     out: &mut [f32],
                 ) {
                     let nb = din / 32;
-                    for (k, row) in wrows.chunks_exact(row_bytes).enumerate() {
-                        for r in 0..rows {
-                            let (xr, sr) = (&x[r * din..(r + 1) * din], &sums[r * nb..(r + 1) * nb]);
-                            out[k * rows + r] = unsafe {
-                                match ty {
-                                    GgmlType::Q8_0 => $q8(row, xr),
-                                    GgmlType::Q4_0 => $q40(row, xr, sr),
-                                    GgmlType::Q4_1 => $q41(row, xr, sr),
-                                    _ => q4_k(row, xr, sr),
+                    // The format is matched once per task, outside the loops.
+                    macro_rules! each {
+                        ($row:ident, $xr:ident, $sr:ident => $call:expr) => {
+                            for (k, $row) in wrows.chunks_exact(row_bytes).enumerate() {
+                                for r in 0..rows {
+                                    let ($xr, $sr) = (&x[r * din..(r + 1) * din], &sums[r * nb..(r + 1) * nb]);
+                                    out[k * rows + r] = unsafe { $call };
                                 }
-                            };
-                        }
+                            }
+                        };
+                    }
+                    match ty {
+                        GgmlType::Q8_0 => each!(row, xr, _sr => $q8(row, xr)),
+                        GgmlType::Q4_0 => each!(row, xr, sr => $q40(row, xr, sr)),
+                        GgmlType::Q4_1 => each!(row, xr, sr => $q41(row, xr, sr)),
+                        _ => each!(row, xr, sr => q4_k(row, xr, sr)),
                     }
                 }
             };
@@ -321,60 +364,106 @@ mod fast {
         all_rows!(all_512, "avx512f,avx2,fma,f16c", q8_0_512, q4_0_512, q4_1_512);
         all_rows!(all_avx2, "avx2,fma,f16c", q8_0, q4_0, q4_1);
 
-        /// One 32-value block of nibbles (as [`nibbles32`]) times `d`, added into two 16-lane
-        /// accumulators: the scale multiplies the widened values, so each accumulator takes one
-        /// FMA per block and the two chains run side by side.
+        /// Two 4-bit blocks at a time, each 32 values stored as 16 bytes of nibbles (value j in
+        /// the low nibble of byte j, value 16 + j in the high one), for a row of `nb` blocks of
+        /// `bytes` bytes whose nibbles start at byte `qoff`. `$table` gives a block's 16-entry
+        /// table of dequantised values (`vpermps` picks each lane's entry by its nibble), so every
+        /// value is exactly the dequantised weight, with no per-value convert or scale; four
+        /// independent FMA chains; raw pointers, so nothing is spilled or bounds-checked inside
+        /// the loop.
+        macro_rules! q4_rows_512 {
+            ($row:expr, $x:expr, $bytes:expr, $qoff:expr, |$p:ident| $table:expr) => {{
+                let (row, x): (&[u8], &[f32]) = ($row, $x);
+                let nb = row.len() / $bytes;
+                assert!(x.len() >= nb * 32, "a packed row of {nb} blocks against {} values", x.len());
+                // SAFETY: block b reads bytes [b·bytes, (b + 1)·bytes) of `row` and floats
+                // [32b, 32b + 32) of `x`, both in bounds for b < nb (checked above).
+                unsafe {
+                    let (base, xp) = (row.as_ptr(), x.as_ptr());
+                    let (mut a0, mut a1, mut a2, mut a3) =
+                        (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+                    // Written out (no closure) so the body is compiled with the caller's features.
+                    macro_rules! block {
+                        ($b:expr, $lo:ident, $hi:ident) => {{
+                            let $p = base.add($b * $bytes);
+                            let table: __m512 = $table;
+                            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128($p.add($qoff) as *const __m128i));
+                            let xb = xp.add($b * 32);
+                            $lo = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, table), _mm512_loadu_ps(xb), $lo);
+                            $hi = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table), _mm512_loadu_ps(xb.add(16)), $hi);
+                        }};
+                    }
+                    let mut b = 0;
+                    while b + 2 <= nb {
+                        block!(b, a0, a1);
+                        block!(b + 1, a2, a3);
+                        b += 2;
+                    }
+                    if b < nb {
+                        block!(b, a0, a1);
+                    }
+                    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)))
+                }
+            }};
+        }
+
+        /// The f16 scale at byte offset `off` of a block, broadcast to 16 lanes.
         #[inline(always)]
-        unsafe fn nibbles32_fma(qs: *const u8, x: *const f32, d: __m512, acc: &mut [__m512; 2]) {
-            unsafe {
-                let q = _mm_loadu_si128(qs as *const __m128i);
-                let m = _mm_set1_epi8(0x0F);
-                let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, m))), d);
-                let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m))), d);
-                acc[0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), acc[0]);
-                acc[1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x.add(16)), acc[1]);
-            }
+        unsafe fn f16x16(p: *const u8, off: usize) -> __m512 {
+            unsafe { _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(p.add(off).cast::<u16>().read_unaligned() as i32))) }
+        }
+
+        #[inline(always)]
+        unsafe fn iota16() -> __m512 {
+            unsafe { _mm512_setr_ps(0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.) }
         }
 
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
         pub(in crate::kernels::qlinear) unsafe fn q8_0_512(row: &[u8], x: &[f32]) -> f32 {
-            let mut acc = _mm512_setzero_ps();
-            for (b, blk) in row.chunks_exact(34).enumerate() {
-                let d = unsafe { f16(blk, 0) };
-                let xb = x[b * 32..b * 32 + 32].as_ptr();
-                // SAFETY: 2 × 16 bytes at 2 of a 34-byte block, 32 floats of x.
-                let s = unsafe {
-                    let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.as_ptr().add(2) as *const __m128i)));
-                    let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.as_ptr().add(18) as *const __m128i)));
-                    _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb.add(16)), _mm512_mul_ps(q0, _mm512_loadu_ps(xb)))
-                };
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc);
+            let nb = row.len() / 34;
+            assert!(x.len() >= nb * 32, "a packed row of {nb} blocks against {} values", x.len());
+            // SAFETY: block b reads bytes [34b, 34b + 34) of `row` and floats [32b, 32b + 32)
+            // of `x`, in bounds for b < nb (checked above).
+            unsafe {
+                let (base, xp) = (row.as_ptr(), x.as_ptr());
+                let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                macro_rules! block {
+                    ($b:expr) => {{
+                        let p = base.add($b * 34);
+                        let xb = xp.add($b * 32);
+                        let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i)));
+                        let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i)));
+                        (f16x16(p, 0), _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb.add(16)), _mm512_mul_ps(q0, _mm512_loadu_ps(xb))))
+                    }};
+                }
+                let mut b = 0;
+                while b + 2 <= nb {
+                    let (d0, s0) = block!(b);
+                    let (d1, s1) = block!(b + 1);
+                    a0 = _mm512_fmadd_ps(d0, s0, a0);
+                    a1 = _mm512_fmadd_ps(d1, s1, a1);
+                    b += 2;
+                }
+                if b < nb {
+                    let (d0, s0) = block!(b);
+                    a0 = _mm512_fmadd_ps(d0, s0, a0);
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
             }
-            _mm512_reduce_add_ps(acc)
         }
 
+        /// Q4_0: value (q − 8)·d, as `dequant_block` computes it.
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        pub(in crate::kernels::qlinear) unsafe fn q4_0_512(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-            let (mut acc, mut extra) = ([_mm512_setzero_ps(); 2], 0f32);
-            for (b, blk) in row.chunks_exact(18).enumerate() {
-                let d = unsafe { f16(blk, 0) };
-                // SAFETY: 16 bytes at 2 of an 18-byte block; 32 floats at 32b of x.
-                unsafe { nibbles32_fma(blk.as_ptr().add(2), x[b * 32..b * 32 + 32].as_ptr(), _mm512_set1_ps(d), &mut acc) };
-                extra -= 8.0 * d * sums[b];
-            }
-            _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + extra
+        pub(in crate::kernels::qlinear) unsafe fn q4_0_512(row: &[u8], x: &[f32], _sums: &[f32]) -> f32 {
+            let centred = unsafe { _mm512_sub_ps(iota16(), _mm512_set1_ps(8.0)) };
+            q4_rows_512!(row, x, 18, 2, |p| _mm512_mul_ps(centred, f16x16(p, 0)))
         }
 
+        /// Q4_1: value q·d + m, as `dequant_block` computes it (two roundings, no FMA).
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        pub(in crate::kernels::qlinear) unsafe fn q4_1_512(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-            let (mut acc, mut extra) = ([_mm512_setzero_ps(); 2], 0f32);
-            for (b, blk) in row.chunks_exact(20).enumerate() {
-                let (d, m) = unsafe { (f16(blk, 0), f16(blk, 2)) };
-                // SAFETY: 16 bytes at 4 of a 20-byte block; 32 floats at 32b of x.
-                unsafe { nibbles32_fma(blk.as_ptr().add(4), x[b * 32..b * 32 + 32].as_ptr(), _mm512_set1_ps(d), &mut acc) };
-                extra += m * sums[b];
-            }
-            _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + extra
+        pub(in crate::kernels::qlinear) unsafe fn q4_1_512(row: &[u8], x: &[f32], _sums: &[f32]) -> f32 {
+            let iota = unsafe { iota16() };
+            q4_rows_512!(row, x, 20, 4, |p| _mm512_add_ps(_mm512_mul_ps(iota, f16x16(p, 0)), f16x16(p, 2)))
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -509,7 +598,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn block_dot_kernels_match_the_dequantised_row() {
-        use fast::x86;
         let has = |f: &str| match f {
             "avx2" => {
                 std::arch::is_x86_feature_detected!("avx2")
@@ -521,7 +609,16 @@ mod tests {
         if !has("avx2") {
             return; // no kernel to check: `fast::dot` answers None and the scalar loop runs
         }
-        let (rows, cols) = (3, 512);
+        // 512 columns: 16 blocks (and two Q4_K super-blocks); 96: three blocks, the odd tail
+        // of the two-block loops.
+        for (rows, cols) in [(3, 512), (3, 96)] {
+            block_dot_kernels_at(rows, cols, has);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn block_dot_kernels_at(rows: usize, cols: usize, has: impl Fn(&str) -> bool) {
+        use fast::x86;
         let mut s = 12345u32;
         let mut next = || {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -531,6 +628,9 @@ mod tests {
         let x: Vec<f32> = (0..cols).map(|_| next()).collect();
         let sums = block_sums(&x, 1, cols);
         for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K] {
+            if !cols.is_multiple_of(ty.block().0) {
+                continue;
+            }
             let p = PackedMatrix::quantize(ty, &w).unwrap();
             let deq = p.to_host();
             for r in 0..rows {

@@ -199,9 +199,10 @@ impl Attention {
         let (h, kvh, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // `[B, T, heads, Dh]`; the per-head norms (Qwen3) act on the last dimension, so they
         // can run before the heads are split out.
-        let q = self.q.forward(x.clone()).reshape([b, t, h, dh]);
-        let k = self.k.forward(x.clone()).reshape([b, t, kvh, dh]);
-        let v = self.v.forward(x).reshape([b, t, kvh, dh]).swap_dims(1, 2);
+        let [q, k, v] = Proj::forward_all([&self.q, &self.k, &self.v], x);
+        let q = q.reshape([b, t, h, dh]);
+        let k = k.reshape([b, t, kvh, dh]);
+        let v = v.reshape([b, t, kvh, dh]).swap_dims(1, 2);
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(q), kn.forward(k)),
             _ => (q, k),
@@ -254,7 +255,10 @@ pub struct Mlp {
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = match &self.gate {
-            Some(g) => kernels::mlp::swiglu(g.forward(x.clone()), self.up.forward(x)),
+            Some(g) => {
+                let [g, u] = Proj::forward_all([g, &self.up], x);
+                kernels::mlp::swiglu(g, u)
+            }
             None => activation::gelu_approximate(self.up.forward(x)),
         };
         self.down.forward(h)

@@ -124,6 +124,32 @@ impl Proj {
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let y = self.base_forward(x.clone());
+        self.adapt(y, x)
+    }
+
+    /// `[p.forward(x) for p in ps]`. Where every base is packed and `x` is a decoding step's
+    /// few rows (`qlinear::packed_matmul_many`), the base products run together, so the thread
+    /// pool is woken once for q, k and v (or gate and up) instead of once each.
+    pub fn forward_all<const D: usize, const N: usize>(ps: [&Proj; N], x: Tensor<D>) -> [Tensor<D>; N] {
+        let packed: Option<Vec<&Arc<PackedMatrix>>> = ps.iter().map(|p| p.packed.as_ref()).collect();
+        if let Some(ws) = packed
+            && let Some(ys) = crate::kernels::qlinear::packed_matmul_many(&x, &ws)
+        {
+            let mut ys = ys.into_iter();
+            return ps.map(|p| {
+                let y = ys.next().expect("one product per weight");
+                let y = match &p.bias {
+                    Some(b) => y + b.val().unsqueeze::<D>(),
+                    None => y,
+                };
+                p.adapt(y, x.clone())
+            });
+        }
+        ps.map(|p| p.forward(x.clone()))
+    }
+
+    /// The base's output `y` plus the adapter's for input `x`.
+    fn adapt<const D: usize>(&self, y: Tensor<D>, x: Tensor<D>) -> Tensor<D> {
         match &self.lora {
             None => y,
             Some(l) => {
@@ -300,4 +326,54 @@ pub fn load_peft(model: Transformer, dir: &Path) -> Result<(Transformer, LoraCon
         }
     }
     Ok((m, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::HostTensor;
+    use crate::io::quant::GgmlType;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// q, k and v of a decoding step through `forward_all` (their packed bases in one parallel
+    /// region) give exactly what each projection gives alone, bias and adapter included. Many
+    /// rows, or an input that records gradients, go one by one.
+    #[test]
+    fn grouped_packed_products_equal_the_single_ones() {
+        let dev = Device::flex();
+        let din = 96; // three blocks: the kernels' odd tail
+        let proj = |ty: GgmlType, out: usize, bias: bool, seed: u32| {
+            let w = HostTensor::new(vec![out, din], values(out * din, seed).iter().map(|v| v * 0.2).collect());
+            let b = bias.then(|| super::super::blocks::param1(&HostTensor::new(vec![out], values(out, seed + 1)), &dev));
+            Proj::packed(PackedMatrix::quantize(ty, &w).unwrap(), b)
+        };
+        // 832 outputs × 96 inputs: large enough to be split over the pool.
+        let q = proj(GgmlType::Q4_1, 512, true, 1);
+        let k = proj(GgmlType::Q8_0, 160, false, 2);
+        let mut v = proj(GgmlType::Q4_0, 160, true, 3).add_lora(&LoraConfig::default(), &mut ChaCha8Rng::seed_from_u64(4), &dev);
+        let l = v.lora.as_mut().unwrap();
+        l.b = Param::from_tensor(Tensor::from_data(TensorData::new(values(8 * 160, 5), [8, 160]), &dev));
+        let ws = [q.packed.as_ref().unwrap(), k.packed.as_ref().unwrap(), v.packed.as_ref().unwrap()];
+        for rows in [1, 3, 9] {
+            let x = Tensor::<3>::from_data(TensorData::new(values(rows * din, 6), [1, rows, din]), &dev);
+            let grouped = crate::kernels::qlinear::packed_matmul_many(&x, &ws).is_some();
+            assert_eq!(grouped, rows <= 8, "{rows} rows");
+            let all = Proj::forward_all([&q, &k, &v], x.clone());
+            for (got, p) in all.into_iter().zip([&q, &k, &v]) {
+                let want = p.forward(x.clone());
+                assert_eq!(got.try_into_vec_as::<f32>().unwrap(), want.try_into_vec_as::<f32>().unwrap(), "{rows} rows");
+            }
+        }
+        let xa = Tensor::<3>::from_data(TensorData::new(values(din, 6), [1, 1, din]), &dev.autodiff());
+        assert!(crate::kernels::qlinear::packed_matmul_many(&xa, &ws).is_none(), "autodiff inputs go one by one");
+    }
 }
