@@ -271,3 +271,135 @@ fn gradient_checkpointing_gives_the_same_updates_in_less_memory() {
         }
     }
 }
+
+/// `job(..)` with `device = "..."` set.
+fn on_device(p: PathBuf, device: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&p).unwrap().replacen("seed = 7\n", &format!("seed = 7\ndevice = \"{device}\"\n"), 1);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every method trains on wgpu (Mesa's lavapipe in CI: it fails, never skips, without an
+/// adapter) as it does on the CPU. bf16 is refused there; f16 SFT tracks the CPU's f16 run. In
+/// f32:
+/// - one step: the loss within 1e-4 relative, and each trained tensor's gradient within 1e-3
+///   relative L2. The gradient is read from the first update. With `eps` far above every |g|,
+///   no weight decay and no clipping, AdamW's first step moves each weight by
+///   lr·g/(|g| + eps), the same function of g on both devices; lr = eps makes that ≈ g;
+/// - twenty steps: the same tokens trained on at every step (RL methods sample the same
+///   answers), every step's gradient norm within 1e-2 relative, and its loss within 1e-3
+///   relative or 1e-6 absolute (DPO's and the reward model's losses fall to 1e-4, where f32
+///   differences reach a few 1e-3 relative; GRPO's group-normalised loss sits near 0).
+#[test]
+fn every_method_trains_on_wgpu_as_on_the_cpu() {
+    whetstone_engine::device::parse_device("wgpu").expect("a wgpu adapter (CI installs Mesa lavapipe)");
+    // bf16, which wgpu cannot compute, is refused before anything is loaded or written.
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        write_data(tmp.path(), 4);
+        let p = on_device(job(tmp.path(), "sft", "bf16", "max_steps = 1\nprecision = \"bf16\"\n"), "wgpu");
+        let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+        let evs: Vec<JobEvent> = h.events.iter().collect();
+        h.join();
+        match evs.last() {
+            Some(JobEvent::Failed { reason }) => {
+                assert!(reason.contains("train.precision = \"bf16\" is not available on wgpu"), "{reason}")
+            }
+            e => panic!("a bf16 job on wgpu ran: {e:?}"),
+        }
+        assert!(!tmp.path().join("runs").join("bf16").exists(), "the refused job wrote its run folder");
+    }
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
+    // f16 (operands and results rounded to f16, f32 accumulation, loss scaling) tracks the
+    // CPU's f16 run over ten SFT steps.
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write_data(d, 4);
+        let ten = |device: &str| {
+            steps(&run(&on_device(
+                job(d, "sft", &format!("f16-{device}"), "max_steps = 10\nbatch_size = 2\nprecision = \"f16\"\n"),
+                device,
+            )))
+        };
+        let (c, g) = (ten("cpu"), ten("wgpu"));
+        assert_eq!(c.len(), 10);
+        for (a, b) in c.iter().zip(&g) {
+            assert!(rel(a.loss, b.loss) < 2e-3, "f16 sft step {}: loss {} on the CPU, {} on wgpu", a.step, a.loss, b.loss);
+            assert_eq!(a.metrics.get("skipped_step"), b.metrics.get("skipped_step"), "f16 sft step {}", a.step);
+        }
+        let worst = c.iter().zip(&g).map(|(a, b)| rel(a.loss, b.loss)).fold(0f64, f64::max);
+        eprintln!("f16 sft: ten steps' losses at most {worst:.2e} relative apart");
+    }
+    for method in METHODS {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write_data(d, 4);
+        // One step whose update is the gradient; PPO takes its rates from `[ppo]`.
+        let one = |name: &str, device: &str, clip: &str| {
+            let p = job(
+                d,
+                method,
+                name,
+                &format!("max_steps = 1\nbatch_size = 4\nlr = 1e3\neps = 1e3\nweight_decay = 0\nmax_grad_norm = {clip}\n"),
+            );
+            let text = std::fs::read_to_string(&p)
+                .unwrap()
+                .replace("actor_lr = 1e-3", "actor_lr = 1e3")
+                .replace("critic_lr = 1e-3", "critic_lr = 1e3");
+            std::fs::write(&p, text).unwrap();
+            run(&on_device(p, device))
+        };
+        // A clipping threshold this low all but stops the update: the start.
+        one("start", "cpu", "1e-12");
+        let (cpu, gpu) = (one("cpu1", "cpu", "0"), one("gpu1", "wgpu", "0"));
+        let (sc, sg) = (&steps(&cpu)[0], &steps(&gpu)[0]);
+        assert!(rel(sc.loss, sg.loss) < 1e-4, "{method}: step 1 loss {} on the CPU, {} on wgpu", sc.loss, sg.loss);
+        assert!(rel(sc.grad_norm, sg.grad_norm) < 1e-3, "{method}: grad norm {} vs {}", sc.grad_norm, sg.grad_norm);
+        let (w0, wc, wg) = (trained(d, "start"), trained(d, "cpu1"), trained(d, "gpu1"));
+        assert_eq!(wc.keys().collect::<Vec<_>>(), wg.keys().collect::<Vec<_>>(), "{method}: the same trained tensors");
+        let (mut moved, mut worst) = (0, 0f64);
+        for (k, c) in &wc {
+            let (mut num, mut den) = (0f64, 0f64);
+            for ((a, b), s) in c.data.iter().zip(&wg[k].data).zip(&w0[k].data) {
+                let (ga, gb) = (*a as f64 - *s as f64, *b as f64 - *s as f64);
+                num += (ga - gb) * (ga - gb);
+                den += ga * ga;
+            }
+            if den == 0.0 {
+                assert_eq!(num, 0.0, "{method}: {k} moved on wgpu only");
+                continue;
+            }
+            moved += 1;
+            let r = (num / den).sqrt();
+            worst = worst.max(r);
+            assert!(r < 1e-3, "{method}: {k}: gradient differs by {r:.2e} (relative L2) between the CPU and wgpu");
+        }
+        assert!(moved > 0, "{method}: no tensor took a gradient");
+        eprintln!(
+            "{method}: step-1 loss {:.3e} relative apart, {moved} tensors' gradients at most {worst:.2e} (relative L2)",
+            rel(sc.loss, sg.loss)
+        );
+        // Twenty steps at the tests' usual rate.
+        let twenty = |name: &str, device: &str| steps(&run(&on_device(job(d, method, name, "max_steps = 20\nbatch_size = 2\n"), device)));
+        let (lc, lg) = (twenty("cpu20", "cpu"), twenty("gpu20", "wgpu"));
+        assert_eq!(lc.len(), 20, "{method}");
+        assert_eq!(lc.len(), lg.len(), "{method}");
+        let worst20 = lc.iter().zip(&lg).map(|(a, b)| rel(a.loss, b.loss)).fold(0f64, f64::max);
+        let worst_g = lc.iter().zip(&lg).map(|(a, b)| rel(a.grad_norm, b.grad_norm)).fold(0f64, f64::max);
+        eprintln!("{method}: twenty steps' losses at most {worst20:.2e} relative apart, grad norms {worst_g:.2e}");
+        for (a, b) in lc.iter().zip(&lg) {
+            assert!(rel(a.grad_norm, b.grad_norm) < 1e-2, "{method}: step {}: grad norm {} vs {}", a.step, a.grad_norm, b.grad_norm);
+            assert_eq!(a.tokens, b.tokens, "{method}: step {}: different tokens trained on (sampled answers differ)", a.step);
+        }
+        for (a, b) in lc.iter().zip(&lg) {
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-3 * a.loss.abs().max(b.loss.abs()) + 1e-6,
+                "{method}: step {} loss {} on the CPU, {} on wgpu",
+                a.step,
+                a.loss,
+                b.loss
+            );
+        }
+    }
+}

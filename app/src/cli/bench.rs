@@ -196,6 +196,7 @@ fn bench_train(a: TrainArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let device = whetstone_engine::device::parse_device(&a.device)?.autodiff();
+    a.precision.check_device(&a.device)?;
     let targets: Vec<String> = if a.targets == "all" {
         ["q", "k", "v", "o", "gate", "up", "down"].map(String::from).to_vec()
     } else {

@@ -126,6 +126,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
     spec.validate()?;
     let device_name = opts.device.clone().unwrap_or_else(|| spec.device.clone());
     let device: Device = crate::device::parse_device(&device_name)?;
+    spec.train.precision.check_device(&device_name)?;
     let ad = device.clone().autodiff();
     let tc = &spec.train;
     let mut hooks = match (&spec.eval_suite, &opts.hooks) {
