@@ -164,3 +164,19 @@ fn bad_inputs_give_one_clear_error() {
     let e = stderr(&whetstone(&["inspect", &tiny("llama"), "--device", "tpu"]));
     assert!(e.contains("unknown device `tpu`"), "{e}");
 }
+
+/// `scripts/gpu-check.sh`, the check prepared for a GPU machine, passes its parity parts on
+/// Mesa's lavapipe: the five tiny fixtures' log-probs through `whetstone score --device wgpu`
+/// against transformers, and one step of each of the six methods on wgpu against the CPU.
+#[test]
+fn gpu_check_script_passes_its_parity_parts_on_lavapipe() {
+    let out = std::process::Command::new(root().join("scripts/gpu-check.sh"))
+        .args(["--device", "wgpu", "--no-bench", "--bin"])
+        .arg(whetstone_bin())
+        .output()
+        .expect("run scripts/gpu-check.sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok    ")).count(), 5 + 6, "{text}");
+    assert!(text.contains("== 0 failed"), "{text}");
+}
