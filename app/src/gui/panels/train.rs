@@ -534,7 +534,8 @@ fn advanced(u: &mut TrainUi, ui: &mut egui::Ui) {
             egui::ComboBox::from_label(t("Precision"))
                 .selected_text(d.train.precision.name())
                 .show_ui(ui, |ui| {
-                    for p in Precision::ALL {
+                    // Only what the chosen device can compute (wgpu has no bf16).
+                    for p in Precision::ALL.into_iter().filter(|p| p.check_device(&d.device).is_ok()) {
                         ui.selectable_value(&mut d.train.precision, p, p.name()).on_hover_text(t(precision_help(p)));
                     }
                 })
