@@ -701,3 +701,41 @@ fn a_million_row_table_scrolls_without_slow_frames() {
     eprintln!("slowest frame while scrolling 1 M rows: {worst:.1} ms");
     assert!(worst < 150.0, "slowest frame while scrolling 1 M rows: {worst:.0} ms");
 }
+
+/// The Train form lists the wgpu adapters (Mesa's lavapipe in CI: it fails, never skips,
+/// without one), offers only f32 and f16 on them, runs the job on the adapter chosen, and the
+/// status bar and the run card say so.
+#[test]
+fn a_job_runs_on_the_wgpu_adapter_chosen_in_the_train_form() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = demo(tmp.path());
+    nav(&mut h, "Train");
+    settle(&mut h, "the device list", 60, |a| a.train_ui.devices.is_some());
+    let devices = h.state().train_ui.devices.clone().unwrap();
+    let gpu = devices.iter().find(|d| d.name == "wgpu:0").unwrap_or_else(|| panic!("no wgpu adapter listed: {devices:?}")).clone();
+    h.get_by_label("Advanced").click();
+    h.step();
+    pick(&mut h, "Device", &format!("{} ({})", gpu.name, gpu.description));
+    assert_eq!(h.state().train_ui.draft.device, "wgpu:0");
+    // The precision list holds what wgpu computes.
+    h.get_by_label("Precision").click();
+    for _ in 0..3 {
+        h.step();
+    }
+    assert!(h.query_by_label("f16").is_some(), "f16 is offered on wgpu");
+    assert!(h.query_by_label("bf16").is_none(), "bf16 is offered on wgpu, which cannot compute it");
+    h.get_by_label("Precision").click();
+    h.step();
+    start_sft(&mut h, 3);
+    settle(&mut h, "the job's start", 120, |a| a.train_ui.current.as_ref().is_some_and(|j| !j.device.is_empty()));
+    assert_eq!(h.state().train_ui.current.as_ref().unwrap().device, "wgpu:0");
+    h.get_by_label("Running on wgpu:0");
+    settle(&mut h, "the job to finish", 300, |a| a.train_ui.current.is_none() && !a.train_ui.history.is_empty());
+    let j = h.state().train_ui.history.last().unwrap();
+    assert_eq!(j.state, whetstone::gui::panels::train::JobState::Finished, "{:?}", log(h.state()));
+    assert_eq!(j.steps.len(), 3);
+    nav(&mut h, "Runs");
+    settle(&mut h, "the run list", 20, |a| a.runs_ui.runs.iter().any(|r| r.status == "finished"));
+    assert_eq!(h.state().runs_ui.runs[0].card["device"], "wgpu:0", "{}", h.state().runs_ui.runs[0].card);
+    no_errors(h.state());
+}
