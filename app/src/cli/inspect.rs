@@ -31,7 +31,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("heads          {} query / {} key-value, head dim {}", i.heads, i.kv_heads, i.head_dim);
     println!("vocabulary     {}{}", i.vocab_size, if i.tied_embeddings { " (tied embeddings)" } else { "" });
     println!(
-        "memory         {} weights (f32) + {} KV cache at full context",
+        "memory         {} weights resident as loaded (packed blocks stay packed, the rest f32; --f32 expands all) + {} f32 KV cache at full context",
         human_bytes(i.weights_bytes),
         human_bytes(i.kv_cache_bytes_full_context)
     );
