@@ -228,9 +228,11 @@ multiversion! {
 }
 
 /// Block dot products with AVX2, FMA and F16C (every x86-64 CPU of the last decade has them), and
-/// AVX-512 where present, chosen at run time: the 4-bit values are split into nibbles, widened to f32 eight at a time and
-/// multiplied into eight lanes; each block's scale multiplies its lane sums once. The values
-/// are exactly those of the dequantised weight; only the order of the additions differs.
+/// AVX-512 where present, chosen at run time. AVX2: the 4-bit values are split into nibbles,
+/// widened to f32 eight at a time and multiplied into eight lanes; each block's scale multiplies
+/// its lane sums once (its offset, the block's Σx). AVX-512: each block's 16 possible values are
+/// dequantised once and `vpermps` looks every nibble up in them. The values are exactly those of
+/// the dequantised weight; only the order of the additions differs.
 mod fast {
     use crate::io::quant::GgmlType;
 
