@@ -110,13 +110,7 @@ impl Proj {
     /// The base's output, without the adapter.
     fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match (&self.packed, &self.base) {
-            (Some(w), _) => {
-                let y = crate::kernels::qlinear::packed_matmul(x, w);
-                match &self.bias {
-                    Some(b) => y + b.val().unsqueeze::<D>(),
-                    None => y,
-                }
-            }
+            (Some(w), _) => self.packed_bias(crate::kernels::qlinear::packed_matmul(x, w)),
             (None, Some(b)) => super::blocks::linear_forward(b, x),
             (None, None) => panic!("a projection without weights"),
         }
@@ -137,15 +131,19 @@ impl Proj {
         {
             let mut ys = ys.into_iter();
             return ps.map(|p| {
-                let y = ys.next().expect("one product per weight");
-                let y = match &p.bias {
-                    Some(b) => y + b.val().unsqueeze::<D>(),
-                    None => y,
-                };
+                let y = p.packed_bias(ys.next().expect("one product per weight"));
                 p.adapt(y, x.clone())
             });
         }
         ps.map(|p| p.forward(x.clone()))
+    }
+
+    /// A packed base's product `y` plus its bias.
+    fn packed_bias<const D: usize>(&self, y: Tensor<D>) -> Tensor<D> {
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
+        }
     }
 
     /// The base's output `y` plus the adapter's for input `x`.
