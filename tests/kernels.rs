@@ -298,3 +298,90 @@ fn fused_head_matches_logits_then_logprobs() {
     });
     compare("packed head", r, 1e-4);
 }
+
+/// In bf16 the fused head's products run on the bf16 kernel (on a CPU with AVX512-BF16): the
+/// log-probs are those of the bf16-rounded hidden states and weight with f32 logits, and the
+/// gradients those of `dl = g·(onehot − softmax)` rounded to bf16, as autocast's bf16 linear
+/// gives them, for a contiguous, a transposed (tied) and a packed head. The reference is
+/// computed here in f64 from the rounded operands. On a CPU without AVX512-BF16 the products
+/// stay f32 on the rounded hidden states, and the reference says so.
+#[test]
+fn bf16_head_is_the_product_of_rounded_operands() {
+    use std::sync::Arc;
+    use whetstone_engine::io::HostTensor;
+    use whetstone_engine::io::quant::{GgmlType, PackedMatrix};
+    use whetstone_engine::kernels::head::{Head, head_logprobs};
+    use whetstone_engine::kernels::precision::{Precision, round_bf16, with};
+    let d = dev();
+    let (b, t, h, v) = (2, 21, 96, 700);
+    let n = b * t;
+    let ids: Vec<usize> = (0..n).map(|i| (i * 37 + 5) % v).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [b, t]), &d);
+    let x = random([b, t, h], &d) * 0.3;
+    let we = random([v, h], &d) * 0.2; // [vocab, hidden], as an embedding or a packed head
+    let g = seeded(n);
+    let kernel = whetstone_engine::kernels::bf16gemm::available();
+    let r = |x: f32| round_bf16(x) as f64;
+    // The weight and the logits' gradient are rounded only on the kernel.
+    let rk = |x: f32| if kernel { round_bf16(x) as f64 } else { x as f64 };
+    // Reference from `wv[o][k]` ([vocab, hidden]): log-probs, dx (rounded to bf16, as the hidden
+    // state's gradient is) and dW ([vocab, hidden]).
+    let reference = |wv: &[f32]| {
+        let xv = vals(x.clone());
+        let (mut lp, mut dx, mut dw) = (vec![0f64; n], vec![0f64; n * h], vec![0f64; v * h]);
+        for i in 0..n {
+            let logits: Vec<f64> = (0..v).map(|o| (0..h).map(|k| r(xv[i * h + k]) * rk(wv[o * h + k])).sum()).collect();
+            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + logits.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
+            lp[i] = logits[ids[i]] - lse;
+            for o in 0..v {
+                let p = (logits[o] - lse).exp();
+                let dl = rk((g[i] as f64 * ((o == ids[i]) as u8 as f64 - p)) as f32);
+                for k in 0..h {
+                    dx[i * h + k] += dl * rk(wv[o * h + k]);
+                    dw[o * h + k] += dl * r(xv[i * h + k]);
+                }
+            }
+        }
+        (lp, dx.iter().map(|&d| r(d as f32)).collect::<Vec<f64>>(), dw)
+    };
+    let close = |what: &str, got: &[f32], want: &[f64], tol: f64| {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let worst = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+        assert!(worst <= tol * scale, "{what}: worst |Δ| {worst:.3e} against scale {scale:.3e}");
+    };
+    let wev = vals(we.clone());
+    let p = Arc::new(PackedMatrix::quantize(GgmlType::Q8_0, &HostTensor::new(vec![v, h], wev.clone())).unwrap());
+    let run = |kind: &str, w: Tensor<2>| {
+        let x = x.clone().detach().require_grad();
+        let w = w.detach().require_grad();
+        let head = match kind {
+            "tied" => Head::Dense(w.clone().transpose()),
+            "contiguous" => Head::Dense(w.clone()),
+            _ => Head::Packed(&p),
+        };
+        let (lp, _) = with(Precision::Bf16, || head_logprobs(x.clone(), head, &targets));
+        let gr = Tensor::<2>::from_data(TensorData::new(g.clone(), [b, t]), &d);
+        let grads = (lp.clone() * gr).sum().backward();
+        (vals(lp), vals(x.grad(&grads).unwrap()), w.grad(&grads).map(vals))
+    };
+    let (lp, dx, dw) = reference(&wev);
+    // Transposed: the head is the embedding's transpose; its gradient comes back [vocab, hidden].
+    let (got_lp, got_dx, got_dw) = run("tied", we.clone());
+    close("tied log-probs", &got_lp, &lp, 1e-5);
+    close("tied dx", &got_dx, &dx, 8e-3);
+    close("tied dW", &got_dw.unwrap(), &dw, 2e-3);
+    // Contiguous `[hidden, vocab]`: the same numbers, dW transposed.
+    let wc = we.clone().transpose().reshape([h, v]);
+    let (got_lp, got_dx, got_dw) = run("contiguous", Tensor::from_data(TensorData::new(vals(wc), [h, v]), &d));
+    close("contiguous log-probs", &got_lp, &lp, 1e-5);
+    close("contiguous dx", &got_dx, &dx, 8e-3);
+    let dw_t: Vec<f64> = (0..h * v).map(|j| dw[(j % v) * h + j / v]).collect();
+    close("contiguous dW", &got_dw.unwrap(), &dw_t, 2e-3);
+    // Packed (frozen): the dequantised weight is the reference's weight.
+    let (lp, dx, _) = reference(&p.to_host().data);
+    let (got_lp, got_dx, _) = run("packed", we.clone());
+    close("packed log-probs", &got_lp, &lp, 1e-5);
+    close("packed dx", &got_dx, &dx, 8e-3);
+}

@@ -70,8 +70,16 @@ pub(crate) fn gemm_bf16(m: usize, n: usize, k: usize, lhs: (&[f32], View), rhs: 
 
 /// `lhs` `[m, k]` rounded to bf16 and packed, to be multiplied by several right-hand sides.
 pub(crate) struct PackedLhs {
-    a: Vec<u32>,
+    a: Scratch,
     m: usize,
+    k: usize,
+}
+
+/// `rhs` `[k, n]` rounded to bf16 and packed, to be multiplied by several left-hand sides (the
+/// LM head's weight, by each chunk of rows).
+pub(crate) struct PackedRhs {
+    b: Scratch,
+    n: usize,
     k: usize,
 }
 
@@ -80,97 +88,206 @@ pub(crate) fn pack_lhs(m: usize, k: usize, lhs: (&[f32], View)) -> PackedLhs {
     assert!(available(), "bf16 GEMM without AVX512-BF16");
     let kp = k.div_ceil(2);
     // [panel][pair][row]
-    let mut a = vec![0u32; m.div_ceil(MR) * kp * MR];
+    let mut a = Scratch::take(m.div_ceil(MR) * kp * MR);
     a.par_chunks_mut(kp * MR).enumerate().for_each(|(p, panel)| pack(lhs, p * MR, MR.min(m - p * MR), k, MR, panel, false));
     PackedLhs { a, m, k }
+}
+
+/// Pack `rhs` `[k, n]` (any non-negative strides) once for [`gemm_prepacked`].
+pub(crate) fn pack_rhs(k: usize, n: usize, rhs: (&[f32], View)) -> PackedRhs {
+    assert!(available(), "bf16 GEMM without AVX512-BF16");
+    let kp = k.div_ceil(2);
+    // [panel][pair][column]
+    let mut b = Scratch::take(n.div_ceil(NR) * kp * NR);
+    b.par_chunks_mut(kp * NR).enumerate().for_each(|(p, panel)| pack(rhs, p * NR, NR.min(n - p * NR), k, NR, panel, true));
+    PackedRhs { b, n, k }
 }
 
 /// `dst[m, n] (+)= a · bf16(rhs)[k, n]`: `dst` holds `m` rows of stride `ldc ≥ n` (the last one
 /// may end after column `n`), of which the first `n` columns are written (added to when
 /// `accumulate`).
 pub(crate) fn gemm_packed(a: &PackedLhs, n: usize, rhs: (&[f32], View), dst: &mut [f32], ldc: usize, accumulate: bool) {
-    let (m, k) = (a.m, a.k);
-    assert!(ldc >= n && (m == 0 || dst.len() >= (m - 1) * ldc + n), "gemm_packed: destination too small");
+    if a.m == 0 || n == 0 {
+        return;
+    }
+    let b = pack_rhs(a.k, n, rhs);
+    gemm_prepacked(a, &b, dst, ldc, accumulate);
+}
+
+/// [`gemm_packed`] with both operands packed.
+///
+/// The output is split into tasks of `rb` rows × a run of column panels. When the packed `rhs`
+/// is larger than a core's L2 cache and there are at most [`ALL_ROWS`] rows (the LM head's
+/// chunks, weight gradients), a task takes every row, so that each `rhs` panel is read from
+/// memory once instead of once per row block; otherwise tasks are blocks of [`MC`] rows.
+pub(crate) fn gemm_prepacked(a: &PackedLhs, b: &PackedRhs, dst: &mut [f32], ldc: usize, accumulate: bool) {
+    let (m, k, n) = (a.m, a.k, b.n);
+    assert_eq!(k, b.k, "gemm_prepacked: inner dimensions differ");
+    assert!(ldc >= n && (m == 0 || dst.len() >= (m - 1) * ldc + n), "gemm_prepacked: destination too small");
     if m == 0 || n == 0 {
         return;
     }
     let kp = k.div_ceil(2);
     let np = n.div_ceil(NR);
-    // [panel][pair][column]
-    let mut b = vec![0u32; np * kp * NR];
-    b.par_chunks_mut(kp * NR).enumerate().for_each(|(p, panel)| pack(rhs, p * NR, NR.min(n - p * NR), k, NR, panel, true));
-    let dst = &mut dst[..(m - 1) * ldc + n];
-    dst.par_chunks_mut(MC * ldc).enumerate().for_each(|(blk, c)| {
-        let rows = c.len().div_ceil(ldc);
+    let rb = if m <= ALL_ROWS && b.b.len() * 4 > (2 << 20) { m.div_ceil(MR) * MR } else { MC };
+    let row_tasks = m.div_ceil(rb);
+    let want = 4 * rayon::current_num_threads();
+    let ppt = if row_tasks >= want { np } else { np.div_ceil(want.div_ceil(row_tasks)).max(1) };
+    let col_tasks = np.div_ceil(ppt);
+    let out = Out(dst.as_mut_ptr());
+    (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
+        let (rt, ct) = (task / col_tasks, task % col_tasks);
+        let (row0, rows) = (rt * rb, rb.min(m - rt * rb));
+        let (p0, p1) = (ct * ppt, ((ct + 1) * ppt).min(np));
         for kb in (0..kp).step_by(KC) {
             let kc = KC.min(kp - kb);
-            for jp in 0..np {
+            for jp in p0..p1 {
                 let cols = NR.min(n - jp * NR);
-                let bp = &b[(jp * kp + kb) * NR..][..kc * NR];
+                let bp = &b.b[(jp * kp + kb) * NR..][..kc * NR];
                 for r0 in (0..rows).step_by(MR) {
-                    let panel = (blk * MC + r0) / MR;
+                    let panel = (row0 + r0) / MR;
                     let ap = &a.a[(panel * kp + kb) * MR..][..kc * MR];
-                    let out = &mut c[r0 * ldc + jp * NR..];
                     // SAFETY: `available()` was checked when `a` was packed; `ap`/`bp` hold `kc`
-                    // pairs of MR/NR values; `out` holds rows `MR.min(rows - r0)` of stride
-                    // `ldc`, of which the kernel touches the first `cols` columns (the last row
-                    // reaches column n at least).
+                    // pairs of MR/NR values. The kernel writes rows row0+r0 .. +MR.min(rows - r0)
+                    // (< m) at columns jp·NR .. +cols (≤ n) of `dst`, which holds (m-1)·ldc + n
+                    // values (asserted above); tasks cover disjoint row and column ranges, so no
+                    // two write the same value.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        x86::kernel(kc, ap, bp, out, ldc, MR.min(rows - r0), cols, accumulate || kb > 0)
+                        let at = out.at((row0 + r0) * ldc + jp * NR);
+                        x86::kernel(kc, ap, bp, at, ldc, MR.min(rows - r0), cols, accumulate || kb > 0)
                     };
                     #[cfg(not(target_arch = "x86_64"))]
-                    let _ = (ap, bp, out, cols);
+                    let _ = (ap, bp, cols, &out);
                 }
             }
         }
     });
 }
 
+/// Rows up to which a task takes every row of a product with a large packed `rhs`.
+const ALL_ROWS: usize = 1024;
+
+/// The destination, shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+impl Out {
+    /// The pointer `i` values on (a method, so closures capture the whole `Out`).
+    ///
+    /// # Safety
+    /// `i` must stay inside the destination.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `i` in bounds.
+        unsafe { self.0.add(i) }
+    }
+}
+
+// SAFETY: tasks write disjoint values (see `gemm_prepacked`); the pointer outlives them.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// A packing buffer, taken from this thread's free list and given back when dropped, so that
+/// the packs of every step reuse the same pages instead of faulting in fresh zeroed ones. Large
+/// buffers (the LM head's weight) are not kept.
+struct Scratch(Vec<u32>);
+
+/// Buffers kept per thread, and the largest kept (in `u32`s: 32 MB).
+const KEEP: usize = 4;
+const KEEP_MAX: usize = 8 << 20;
+
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    /// `len` values, every one of which the packing writes.
+    fn take(len: usize) -> Scratch {
+        let reuse = if len <= KEEP_MAX {
+            FREE.with(|f| {
+                let mut f = f.borrow_mut();
+                let at = f.iter().position(|v| v.capacity() >= len).or_else(|| (!f.is_empty()).then(|| f.len() - 1));
+                at.map(|i| f.swap_remove(i))
+            })
+        } else {
+            None
+        };
+        let mut v = reuse.unwrap_or_default();
+        // A reused buffer keeps its stale values (the packing overwrites them all): only what
+        // it grows by is zeroed.
+        v.truncate(len);
+        v.resize(len, 0);
+        Scratch(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() <= KEEP_MAX {
+            FREE.with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < KEEP {
+                    f.push(v);
+                }
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [u32] {
+        &mut self.0
+    }
+}
+
 /// Pack `width` lines (rows of `lhs`, or columns of `rhs` when `columns`) starting at `first` into
-/// `panel[pair][lane]` (`lanes` wide), two bf16 values of consecutive `k` per `u32`. The loops
-/// run along the operand's unit stride over plain slices, so reads are sequential and the
-/// compiler vectorises the rounding.
+/// `panel[pair][lane]` (`lanes` wide), two bf16 values of consecutive `k` per `u32`; every value
+/// of `panel` is written (zeros past `width` lines and past `k`).
 fn pack(op: (&[f32], View), first: usize, width: usize, k: usize, lanes: usize, panel: &mut [u32], columns: bool) {
     let (src, v) = op;
     // Strides along the line index and along k (non-negative: `view2` checks).
     let (ls, ks) = if columns { (v.cs as usize, v.rs as usize) } else { (v.rs as usize, v.cs as usize) };
     let base = v.offset + first * ls;
     let kp = k.div_ceil(2);
-    if ls == 1 {
-        // Lines contiguous: for each pair, two runs of `width` values.
-        for q in 0..kp {
-            let lo = &src[base + 2 * q * ks..][..width];
-            let dst = &mut panel[q * lanes..][..width];
-            if 2 * q + 1 < k {
-                let hi = &src[base + (2 * q + 1) * ks..][..width];
-                for ((d, &x), &y) in dst.iter_mut().zip(lo).zip(hi) {
-                    *d = bf16_bits(x) | (bf16_bits(y) << 16);
-                }
+    assert!(width <= lanes && lanes <= 32 && panel.len() >= kp * lanes);
+    if width == 0 || k == 0 {
+        panel[..kp * lanes].fill(0);
+        return;
+    }
+    // The last value read: line width-1 at k-1.
+    let last = base + (width - 1) * ls + (k - 1) * ks;
+    assert!(last < src.len(), "pack: view out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    if ls == 1 || ks == 1 {
+        // SAFETY: `available()` (AVX512-BF16 implies AVX512F/BW on every CPU that has it, and
+        // `pack_*` checks them) was asserted by the callers; every read is at or before `last`,
+        // every write inside `panel[..kp·lanes]`.
+        unsafe {
+            if ls == 1 {
+                x86::pack_lines_contiguous(src, base, ks, width, k, lanes, panel)
             } else {
-                for (d, &x) in dst.iter_mut().zip(lo) {
-                    *d = bf16_bits(x);
-                }
+                x86::pack_k_contiguous(src, base, ls, width, k, lanes, panel)
             }
         }
-    } else if ks == 1 {
-        // k contiguous: each line is a run of `k` values, its pairs adjacent.
-        for line in 0..width {
-            let row = &src[base + line * ls..][..k];
-            let mut pairs = row.chunks_exact(2);
-            for (q, pr) in pairs.by_ref().enumerate() {
-                panel[q * lanes + line] = bf16_bits(pr[0]) | (bf16_bits(pr[1]) << 16);
-            }
-            if let [x] = pairs.remainder() {
-                panel[(kp - 1) * lanes + line] = bf16_bits(*x);
-            }
-        }
-    } else {
-        for q in 0..kp {
-            for line in 0..width {
-                let at = |kk: usize| if kk < k { bf16_bits(src[base + line * ls + kk * ks]) } else { 0 };
-                panel[q * lanes + line] = at(2 * q) | (at(2 * q + 1) << 16);
-            }
+        return;
+    }
+    pack_scalar(src, base, ls, ks, width, k, lanes, panel);
+}
+
+/// [`pack`] one value at a time, for any strides.
+#[allow(clippy::too_many_arguments)]
+fn pack_scalar(src: &[f32], base: usize, ls: usize, ks: usize, width: usize, k: usize, lanes: usize, panel: &mut [u32]) {
+    for q in 0..k.div_ceil(2) {
+        for line in 0..lanes {
+            let at = |kk: usize| if kk < k && line < width { bf16_bits(src[base + line * ls + kk * ks]) } else { 0 };
+            panel[q * lanes + line] = at(2 * q) | (at(2 * q + 1) << 16);
         }
     }
 }
@@ -181,12 +298,113 @@ mod x86 {
 
     use super::{MR, NR};
 
+    /// Round-to-nearest-even bf16 of 16 f32 bit patterns, in the high half of each lane (the
+    /// low half is garbage); NaN stays a quiet NaN. As [`super::bf16_bits`], lane-wise.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn round_bits(v: __m512i) -> __m512i {
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(v), _mm512_set1_epi32(1));
+        let r = _mm512_add_epi32(v, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+        let abs = _mm512_and_si512(v, _mm512_set1_epi32(0x7FFF_FFFF));
+        let nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+        _mm512_mask_or_epi32(r, nan, v, _mm512_set1_epi32(0x0040_0000))
+    }
+
+    /// The first `n` (≤ 16) lanes.
+    #[inline(always)]
+    fn first(n: usize) -> __mmask16 {
+        if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as __mmask16 }
+    }
+
+    /// [`super::pack`] when the lines are contiguous (`ls == 1`): for each pair, two runs of
+    /// `width` values (`k` and `k + 1`) become one run of `u32`s.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_lines_contiguous(
+        src: &[f32],
+        base: usize,
+        ks: usize,
+        width: usize,
+        k: usize,
+        lanes: usize,
+        panel: &mut [u32],
+    ) {
+        let kp = k.div_ceil(2);
+        let (s, out) = (src.as_ptr() as *const i32, panel.as_mut_ptr() as *mut i32);
+        for q in 0..kp {
+            let lo = s.wrapping_add(base + 2 * q * ks);
+            let hi = (2 * q + 1 < k).then(|| s.wrapping_add(base + (2 * q + 1) * ks));
+            for j in (0..lanes).step_by(16) {
+                let m = first(width.saturating_sub(j));
+                // SAFETY: lanes of `m` are lines < width of rows < k, in bounds (checked by
+                // `pack`); masked-off lanes are not read. The store stays in row q's `lanes`.
+                unsafe {
+                    let l = round_bits(_mm512_maskz_loadu_epi32(m, lo.wrapping_add(j)));
+                    let h = match hi {
+                        Some(hi) => round_bits(_mm512_maskz_loadu_epi32(m, hi.wrapping_add(j))),
+                        None => _mm512_setzero_si512(),
+                    };
+                    // Even 16-bit words: l's high halves shifted down; odd words: h's high halves.
+                    let v = _mm512_mask_blend_epi16(0xAAAA_AAAA, _mm512_srli_epi32::<16>(l), h);
+                    let v = _mm512_maskz_mov_epi32(m, v);
+                    _mm512_mask_storeu_epi32(out.add(q * lanes + j), first(lanes - j), v);
+                }
+            }
+        }
+    }
+
+    /// [`super::pack`] when `k` is contiguous (`ks == 1`): each line's values are rounded and
+    /// paired 16 pairs at a time into a small buffer, then read back across lines (a gather
+    /// from L1) to write the panel a pair at a time.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_k_contiguous(src: &[f32], base: usize, ls: usize, width: usize, k: usize, lanes: usize, panel: &mut [u32]) {
+        let kp = k.div_ceil(2);
+        let (s, out) = (src.as_ptr() as *const i32, panel.as_mut_ptr() as *mut i32);
+        // Word w of the result is word 2w + 1 (the high half of value w) of `a:b`.
+        let mut odd = [0i16; 32];
+        for (w, o) in odd.iter_mut().enumerate() {
+            *o = (2 * w + 1) as i16;
+        }
+        // SAFETY: a 64-byte read of a 64-byte array.
+        let odd = unsafe { _mm512_loadu_si512(odd.as_ptr() as *const _) };
+        let mut tmp = [0i32; 32 * 16];
+        let iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        for qb in (0..kp).step_by(16) {
+            let pairs = 16.min(kp - qb);
+            let vals = (k - 2 * qb).min(32);
+            let (ma, mb) = (first(vals), first(vals.saturating_sub(16)));
+            for line in 0..width {
+                let p = s.wrapping_add(base + line * ls + 2 * qb);
+                // SAFETY: the lanes of `ma`/`mb` are values < k of a line < width (in bounds);
+                // `tmp` has room for 32 lines of 16.
+                unsafe {
+                    let a = round_bits(_mm512_maskz_loadu_epi32(ma, p));
+                    let b = round_bits(_mm512_maskz_loadu_epi32(mb, p.wrapping_add(16)));
+                    _mm512_storeu_si512(tmp.as_mut_ptr().add(line * 16) as *mut _, _mm512_permutex2var_epi16(a, odd, b));
+                }
+            }
+            for j in (0..lanes).step_by(16) {
+                let gm = first(width.saturating_sub(j));
+                let rows = _mm512_slli_epi32::<4>(_mm512_add_epi32(iota, _mm512_set1_epi32(j as i32)));
+                for q in 0..pairs {
+                    // SAFETY: gathered lanes are lines < width ≤ 32 of `tmp`, at pair q < 16;
+                    // the store stays in pair (qb + q)'s `lanes` values, qb + q < kp.
+                    unsafe {
+                        let at = _mm512_add_epi32(rows, _mm512_set1_epi32(q as i32));
+                        let v = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), gm, at, tmp.as_ptr());
+                        _mm512_mask_storeu_epi32(out.add((qb + q) * lanes + j), first(lanes - j), v);
+                    }
+                }
+            }
+        }
+    }
+
     /// `dst[rows, cols] (+)= a-panel · b-panel` over `kc` pairs.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(kc: usize, a: &[u32], b: &[u32], dst: &mut [f32], ldc: usize, rows: usize, cols: usize, accumulate: bool) {
+    /// `dst` points at `rows` rows of stride `ldc`, of which the first `cols` columns are
+    /// written.
+    pub(super) unsafe fn kernel(kc: usize, a: &[u32], b: &[u32], dst: *mut f32, ldc: usize, rows: usize, cols: usize, accumulate: bool) {
         debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= NR);
-        debug_assert!(rows == 0 || dst.len() >= (rows - 1) * ldc + cols);
         // Twelve rows of two accumulators, written out so that they stay in registers at any
         // optimisation level (the workspace's dev profile is opt-level 1, which does not unroll).
         macro_rules! rows {
@@ -221,7 +439,7 @@ mod x86 {
         for (r, row) in acc.iter().enumerate().take(rows) {
             // SAFETY: row r < rows starts at r·ldc, and the masks cover only its `cols` columns.
             unsafe {
-                let p = dst.as_mut_ptr().add(r * ldc);
+                let p = dst.add(r * ldc);
                 let (mut v0, mut v1) = (row[0], row[1]);
                 if accumulate {
                     v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, p));
@@ -238,6 +456,50 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// The AVX-512 packings write exactly what the scalar one writes, padding included, for
+    /// both unit-stride layouts, partial panels, odd and short `k`, and values that round
+    /// specially (ties, NaN, infinities, the largest finite values), into a dirty buffer.
+    #[test]
+    fn simd_packing_equals_the_scalar_packing() {
+        if !available() {
+            eprintln!("no AVX512-BF16 on this CPU: the packing is not exercised");
+            return;
+        }
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -0.0, 1e-40];
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed
+        };
+        for &(width, k, lanes) in
+            &[(12usize, 64usize, MR), (5, 33, MR), (32, 1, NR), (32, 31, NR), (17, 70, NR), (1, 2, NR), (12, 300, MR), (30, 17, NR)]
+        {
+            for contiguous_lines in [true, false] {
+                let (ls, ks) = if contiguous_lines { (1, width + 3) } else { (k + 5, 1) };
+                let len = 2 + (width - 1) * ls + (k - 1) * ks + 1;
+                let src: Vec<f32> = (0..len)
+                    .map(|_| {
+                        let r = rnd();
+                        if r % 17 == 0 {
+                            special[(r >> 8) as usize % special.len()]
+                        } else {
+                            f32::from_bits((r >> 32) as u32 & 0xBFFF_FFFF)
+                        }
+                    })
+                    .collect();
+                let v =
+                    if contiguous_lines { View { offset: 2, rs: ks as isize, cs: 1 } } else { View { offset: 2, rs: 1, cs: ls as isize } };
+                let kp = k.div_ceil(2);
+                let mut want = vec![0u32; kp * lanes];
+                pack_scalar(&src, 2, ls, ks, width, k, lanes, &mut want);
+                let mut got = vec![0xDEAD_BEEFu32; kp * lanes];
+                // `columns`: the lines are the view's columns (stride cs), k runs along rows.
+                pack((&src, v), 0, width, k, lanes, &mut got, true);
+                assert_eq!(got, want, "width {width}, k {k}, lanes {lanes}, contiguous lines {contiguous_lines}");
+            }
+        }
+    }
+
     /// Products of the rounded operands in f64, for comparison.
     fn reference(m: usize, n: usize, k: usize, a: &[f32], av: View, b: &[f32], bv: View) -> Vec<f64> {
         let at = |v: View, i: usize, j: usize| (v.offset as isize + i as isize * v.rs + j as isize * v.cs) as usize;
@@ -251,7 +513,8 @@ mod tests {
     }
 
     /// The kernel equals the f64 product of the bf16-rounded operands up to f32 summation error,
-    /// for edge shapes (partial panels, odd `k`, several `k` blocks) and transposed views. On a
+    /// for edge shapes (partial panels, odd `k`, several `k` blocks), transposed views, and both
+    /// ways of splitting the output into tasks. On a
     /// CPU without AVX512-BF16 the kernel cannot run: it checks that nothing dispatches to it.
     #[test]
     fn bf16_kernel_matches_the_product_of_rounded_operands() {
@@ -265,7 +528,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         };
-        for (m, n, k) in [(12, 32, 64), (13, 45, 257), (100, 70, 300), (50, 33, 1), (7, 64, 5), (97, 129, 515)] {
+        // The last shape's packed rhs is over 2 MB: tasks take every row and a run of columns.
+        for (m, n, k) in [(12, 32, 64), (13, 45, 257), (100, 70, 300), (50, 33, 1), (7, 64, 5), (97, 129, 515), (50, 1100, 1025)] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             for (av, bv) in [

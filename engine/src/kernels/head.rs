@@ -18,6 +18,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Int, Tensor};
 
+use super::bf16gemm::{self, PackedRhs};
 use super::cross_entropy::{row_backward, row_forward, token_logprobs};
 use super::linear::{View, matmul_last, view2};
 use super::{
@@ -41,15 +42,25 @@ fn chunk_rows(vocab: usize) -> usize {
 /// `(log p(target), 1 if the target is the argmax else 0)` per position, `[B, T]` each, from
 /// hidden states `[B, T, hidden]`. The flags are detached. Targets must be `< vocab`.
 ///
-/// In bf16/f16 the hidden states are rounded to it (their gradient too); the head's weight, the
-/// logits and the log-softmax stay f32, as a fused linear cross-entropy keeps them: the logits
-/// exist only a chunk at a time, so f32 costs no memory, and the loss loses no precision.
+/// In bf16/f16 the hidden states are rounded to it (their gradient too). In bf16 on a CPU with
+/// AVX512-BF16 the head's three products (logits, `dh`, `dW`) run on the bf16 kernel, operands
+/// rounded to bf16 and f32 accumulation, as `torch.autocast` runs the head's linear in bf16;
+/// elsewhere they stay f32. The logits and the log-softmax are f32 in every precision, as a
+/// fused linear cross-entropy keeps them: the logits exist only a chunk at a time, so f32 costs
+/// no memory, and the loss loses no precision to a rounded logit.
 pub fn head_logprobs(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>) -> (Tensor<2>, Tensor<2>) {
     use super::precision::{self, Precision};
-    if precision::current() != Precision::F32 {
-        let hidden = precision::round(hidden);
-        return precision::with(Precision::F32, || head_logprobs(hidden, head, targets));
+    let prec = precision::current();
+    if prec == Precision::F32 {
+        return head_inner(hidden, head, targets, false);
     }
+    let bf16 = prec == Precision::Bf16 && super::bf16gemm::available();
+    let hidden = precision::round(hidden);
+    precision::with(Precision::F32, || head_inner(hidden, head, targets, bf16))
+}
+
+/// [`head_logprobs`] in f32, its products on the bf16 kernel when `bf16`.
+fn head_inner(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>, bf16: bool) -> (Tensor<2>, Tensor<2>) {
     let [b, t, h] = hidden.dims();
     let (x, w) = match head {
         Head::Dense(w) => match prim_pair(&hidden, &w) {
@@ -83,18 +94,24 @@ pub fn head_logprobs(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>) ->
     let n = b * t;
     let chunk = chunk_rows(vocab);
     let (mut lp, mut lse, mut correct) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    // The dense weight packed for the bf16 kernel once for every chunk (and kept for the
+    // backward pass, which recomputes the logits with it).
+    let packed = if bf16 { Some(Arc::new(Products::new(&wt, h, vocab))) } else { None };
+    let mut buf = Vec::new();
     for r0 in (0..n).step_by(chunk) {
         let r1 = (r0 + chunk).min(n);
-        let logits = chunk_logits(&wt, &data(&xs)[r0 * h..r1 * h], r1 - r0, h, vocab);
+        let logits = chunk_logits(&wt, packed.as_deref(), &data(&xs)[r0 * h..r1 * h], r1 - r0, h, vocab, std::mem::take(&mut buf));
         for (a, l, c) in map_range(r1 - r0, logits.len(), |i| row_forward(&logits[i * vocab..(i + 1) * vocab], ids[r0 + i])) {
             lp.push(a);
             lse.push(l);
             correct.push(c);
         }
+        buf = logits;
     }
+    drop(buf);
     let out = flex_from(lp, &[b, t]);
     let correct = flex_from(correct, &[b, t]);
-    let state = State { x: xs, w: wt, ids: Arc::new(ids), lse: Arc::new(lse), h, vocab, x_dims: [b, t, h] };
+    let state = State { x: xs, w: wt, packed, ids: Arc::new(ids), lse: Arc::new(lse), h, vocab, x_dims: [b, t, h] };
     match (x, w) {
         (Prim::Ad(ax), HeadW::Dense(Prim::Ad(aw))) => {
             let nodes = [ax.node(), aw.node()];
@@ -107,6 +124,34 @@ pub fn head_logprobs(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>) ->
             (ad_tensor(record(FusedPackedHead, nodes, state, out)), ad_tensor(AdTensor::new(correct)))
         }
         _ => (plain_tensor(out), plain_tensor(correct)),
+    }
+}
+
+/// How the head's products run in bf16: a dense weight packed once for the bf16 kernel, or a
+/// packed (quantized) one whose dequantised tiles are rounded as the kernel packs them.
+enum Products {
+    Dense(PackedRhs),
+    Quantized,
+}
+
+impl std::fmt::Debug for Products {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Products::Dense(_) => "Products::Dense",
+            Products::Quantized => "Products::Quantized",
+        })
+    }
+}
+
+impl Products {
+    fn new(w: &W, h: usize, vocab: usize) -> Products {
+        match w {
+            W::Dense(f) => {
+                let v = view2(f).expect("2-D head");
+                Products::Dense(bf16gemm::pack_rhs(h, vocab, (f.storage::<f32>(), v)))
+            }
+            W::Packed(_) => Products::Quantized,
+        }
     }
 }
 
@@ -124,17 +169,30 @@ enum W {
     Packed(Arc<PackedMatrix>),
 }
 
-/// `logits[rows, vocab] = x[rows, h] · W`.
-fn chunk_logits(w: &W, x: &[f32], rows: usize, h: usize, vocab: usize) -> Vec<f32> {
-    match w {
-        W::Dense(f) => {
+/// `logits[rows, vocab] = x[rows, h] · W`, on the bf16 kernel when `bf16` is given. `buf` is a
+/// chunk's buffer from the previous call (reused: a fresh 64 MB buffer costs page faults).
+fn chunk_logits(w: &W, bf16: Option<&Products>, x: &[f32], rows: usize, h: usize, vocab: usize, buf: Vec<f32>) -> Vec<f32> {
+    let xv = View { offset: 0, rs: h as isize, cs: 1 };
+    match (w, bf16) {
+        (_, Some(Products::Dense(wp))) => {
+            let a = bf16gemm::pack_lhs(rows, h, (x, xv));
+            let mut out = buf;
+            out.resize(rows * vocab, 0.0);
+            out.truncate(rows * vocab);
+            bf16gemm::gemm_prepacked(&a, wp, &mut out, vocab, false);
+            out
+        }
+        (W::Packed(p), Some(Products::Quantized)) => super::qlinear::forward_bf16(x, rows, p),
+        (W::Dense(f), _) => {
             let v: View = view2(f).expect("2-D head");
             let wd = &f.storage::<f32>()[v.offset..];
-            let mut out = vec![0f32; rows * vocab];
+            let mut out = buf;
+            out.resize(rows * vocab, 0.0);
+            out.truncate(rows * vocab);
             gemm_into(&mut out, vocab, rows, vocab, h, x, h as isize, 1, wd, v.rs, v.cs, false);
             out
         }
-        W::Packed(p) => super::qlinear::forward(x, rows, p),
+        (W::Packed(p), _) => super::qlinear::forward(x, rows, p),
     }
 }
 
@@ -143,6 +201,9 @@ struct State {
     /// `[B·T, hidden]`, contiguous.
     x: FlexTensor,
     w: W,
+    /// The products run on the bf16 kernel (the forward pass's packed weight, for the
+    /// recomputed logits).
+    packed: Option<Arc<Products>>,
     ids: Arc<Vec<usize>>,
     lse: Arc<Vec<f32>>,
     h: usize,
@@ -158,28 +219,50 @@ fn backward(s: &State, g: &[f32], want_x: bool, want_w: bool) -> (Option<Vec<f32
     let mut dx = want_x.then(|| vec![0f32; n * h]);
     let mut dw = want_w.then(|| vec![0f32; h * vocab]);
     let chunk = chunk_rows(vocab);
+    let mut buf = Vec::new();
+    // In bf16, Wᵀ packed once for every chunk's dx.
+    let wt_packed = match (&s.w, s.packed.as_deref()) {
+        (W::Dense(f), Some(_)) if want_x => {
+            let v = view2(f).expect("2-D head");
+            Some(bf16gemm::pack_rhs(vocab, h, (f.storage::<f32>(), View { offset: v.offset, rs: v.cs, cs: v.rs })))
+        }
+        _ => None,
+    };
     for r0 in (0..n).step_by(chunk) {
         let r1 = (r0 + chunk).min(n);
         let rows = r1 - r0;
         let xc = &xd[r0 * h..r1 * h];
-        let mut dl = chunk_logits(&s.w, xc, rows, h, vocab);
+        let mut dl = chunk_logits(&s.w, s.packed.as_deref(), xc, rows, h, vocab, std::mem::take(&mut buf));
         let work = dl.len();
         for_chunks(&mut dl, vocab, work, |i, row| row_backward(row, s.ids[r0 + i], s.lse[r0 + i], g[r0 + i]));
+        let dlv = View { offset: 0, rs: vocab as isize, cs: 1 };
         if let Some(dx) = dx.as_mut() {
-            match &s.w {
-                W::Dense(f) => {
+            match (&s.w, &wt_packed, s.packed.is_some()) {
+                (_, Some(wt), _) => {
+                    // dx[rows, h] = dl[rows, vocab] · Wᵀ[vocab, h]
+                    let a = bf16gemm::pack_lhs(rows, vocab, (&dl, dlv));
+                    bf16gemm::gemm_prepacked(&a, wt, &mut dx[r0 * h..r1 * h], h, false);
+                }
+                (W::Packed(p), None, true) => dx[r0 * h..r1 * h].copy_from_slice(&super::qlinear::backward_x_bf16(&dl, rows, p)),
+                (W::Dense(f), None, _) => {
                     // dx[rows, h] = dl[rows, vocab] · Wᵀ[vocab, h]
                     let v = view2(f).expect("2-D head");
                     let wd = &f.storage::<f32>()[v.offset..];
                     gemm_into(&mut dx[r0 * h..r1 * h], h, rows, h, vocab, &dl, vocab as isize, 1, wd, v.cs, v.rs, false);
                 }
-                W::Packed(p) => dx[r0 * h..r1 * h].copy_from_slice(&super::qlinear::backward_x(&dl, rows, p)),
+                (W::Packed(p), None, _) => dx[r0 * h..r1 * h].copy_from_slice(&super::qlinear::backward_x(&dl, rows, p)),
             }
         }
         if let Some(dw) = dw.as_mut() {
             // dW[h, vocab] += xᵀ[h, rows] · dl[rows, vocab]
-            gemm_into(dw, vocab, h, vocab, rows, xc, 1, h as isize, &dl, vocab as isize, 1, r0 > 0);
+            if s.packed.is_some() {
+                let a = bf16gemm::pack_lhs(h, rows, (xc, View { offset: 0, rs: 1, cs: h as isize }));
+                bf16gemm::gemm_packed(&a, vocab, (&dl, dlv), dw, vocab, r0 > 0);
+            } else {
+                gemm_into(dw, vocab, h, vocab, rows, xc, 1, h as isize, &dl, vocab as isize, 1, r0 > 0);
+            }
         }
+        buf = dl;
     }
     (dx, dw)
 }

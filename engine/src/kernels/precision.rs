@@ -83,9 +83,16 @@ impl Precision {
     pub fn round_slice(self, xs: &mut [f32]) {
         match self {
             Precision::F32 => {}
-            Precision::Bf16 => xs.iter_mut().for_each(|x| *x = round_bf16(*x)),
+            Precision::Bf16 => round_bf16_slice(xs),
             Precision::F16 => xs.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
         }
+    }
+}
+
+super::simd::multiversion! {
+    /// [`round_bf16`] over a slice, compiled for the widest vectors the CPU has.
+    fn round_bf16_slice(xs: &mut [f32]) {
+        xs.iter_mut().for_each(|x| *x = round_bf16(*x))
     }
 }
 
