@@ -261,6 +261,13 @@ impl Backward<Flex, 1> for Round {
         let [parent] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let Some(parent) = parent else { return };
+        let mut dy = dy;
+        // The consumed gradient is usually this node's alone: round it where it lies.
+        if let Some(buf) = super::exclusive_buf(&mut dy) {
+            round_in_place(ops.state, buf);
+            grads.register::<Flex>(parent.id, dy);
+            return;
+        }
         let shape = dy.layout().shape().to_vec();
         let dy = contiguous(&dy);
         grads.register::<Flex>(parent.id, flex_from(rounded(ops.state, data(&dy)), &shape));
