@@ -385,3 +385,40 @@ fn bf16_head_is_the_product_of_rounded_operands() {
     close("packed log-probs", &got_lp, &lp, 1e-5);
     close("packed dx", &got_dx, &dx, 8e-3);
 }
+
+/// Attention's per-head products with grouped key/value heads in bf16: the kernel path (each
+/// head on the bf16 kernel, key/value heads read in place) against the composite (heads
+/// expanded, burn's matmul on rounded copies), values and gradients, for scores (`q · kᵀ`) and
+/// weighted values (`p · v`), three query heads per key/value head and a shared one.
+#[test]
+fn head_matmul_matches_the_expanded_composite_in_bf16() {
+    use whetstone_engine::kernels::precision::{Precision, with};
+    let d = dev();
+    for (h, kvh) in [(6, 2), (4, 4), (3, 1)] {
+        let (b, t, s, dh) = (2, 13, 17, 24);
+        let q = random([b, h, t, dh], &d) * 0.5;
+        let k = random([b, kvh, s, dh], &d) * 0.5;
+        let p = random([b, h, t, s], &d) * 0.3;
+        let v = random([b, kvh, s, dh], &d) * 0.5;
+        for (name, a, bt, tr) in [("scores", q.clone(), k.clone(), true), ("values", p.clone(), v.clone(), false)] {
+            let run = |a: Tensor<4>, bt: Tensor<4>| {
+                let a = a.detach().require_grad();
+                let bt = bt.detach().require_grad();
+                let y = with(Precision::Bf16, || attention::head_matmul(a.clone(), bt.clone(), tr));
+                let r = Tensor::<4>::from_data(TensorData::new(seeded(y.dims().iter().product()), y.dims()), &d);
+                let g = (y.clone() * r).sum().backward();
+                (vals(y), vals(a.grad(&g).unwrap()), vals(bt.grad(&g).unwrap()))
+            };
+            if !kernels::bf16gemm::available() {
+                eprintln!("no AVX512-BF16: head_matmul takes the composite path everywhere");
+            }
+            assert!(kernels::fused_for(&a) && !kernels::composite(|| kernels::fused_for(&a)));
+            let f = run(a.clone(), bt.clone());
+            let c = kernels::composite(|| run(a.clone(), bt.clone()));
+            // Both round their result to bf16 (2⁻⁸ relative); the summation orders differ.
+            assert_close(&format!("{name} {h}/{kvh} value"), &f.0, &c.0, 8e-3);
+            assert_close(&format!("{name} {h}/{kvh} grad a"), &f.1, &c.1, 8e-3);
+            assert_close(&format!("{name} {h}/{kvh} grad b"), &f.2, &c.2, 8e-3);
+        }
+    }
+}

@@ -10,6 +10,9 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Bool, Tensor, activation};
 
+use rayon::prelude::*;
+
+use super::linear::View;
 use super::simd::{self, multiversion};
 use super::{Prim, ad_tensor, chunk_len, contiguous, data, flex_from, for_chunks, plain_tensor, prim, prims, record};
 
@@ -246,5 +249,147 @@ impl Backward<Flex, 1> for RopeHeads {
         let g = contiguous(&g);
         let dx = rope_apply(data(&g), data(&st.cos), data(&st.sin), st.dims, st.cb, true);
         grads.register::<Flex>(parent.id, flex_from(dx, &st.dims));
+    }
+}
+
+/// Attention's per-head products with grouped key/value heads: `a · bᵀ` (scores, when
+/// `transpose_b`) or `a · b` (the weighted values), where `a` is `[B, H, T, ·]` and `b` is
+/// `[B, KVH, S, D]` with `H` a multiple of `KVH`; query head `h` reads key/value head
+/// `h / (H / KVH)`.
+///
+/// In the compute precision's terms the operands and the result are rounded, as autocast's
+/// matmul rounds them, and so are the gradients. In bf16 on a CPU with AVX512-BF16 each head's
+/// product runs on the bf16 kernel (operands rounded as they are packed, f32 accumulation) and
+/// the grouped heads are read in place; elsewhere the key/value heads are expanded and burn's
+/// matmul runs on rounded copies.
+pub fn head_matmul(a: Tensor<4>, b: Tensor<4>, transpose_b: bool) -> Tensor<4> {
+    use super::precision::{self, Precision, round};
+    let [bs, h, t, ka] = a.dims();
+    let [bb, kvh, s, d] = b.dims();
+    assert!(bb == bs && kvh > 0 && h % kvh == 0, "head_matmul: {:?} against {:?}", a.dims(), b.dims());
+    assert_eq!(ka, if transpose_b { d } else { s }, "head_matmul: inner dimensions differ");
+    let rep = h / kvh;
+    let kernel = precision::current() == Precision::Bf16 && super::bf16gemm::available();
+    let pair = if kernel { super::prim_pair(&a, &b) } else { None };
+    let Some((pa, pb)) = pair else {
+        let b = if rep > 1 { b.unsqueeze_dim::<5>(2).expand([bs, kvh, rep, s, d]).reshape([bs, h, s, d]) } else { b };
+        let b = if transpose_b { round(b).swap_dims(2, 3) } else { round(b) };
+        return round(round(a).matmul(b));
+    };
+    drop((a, b));
+    let (xa, xb) = (contiguous(pa.flex()), contiguous(pb.flex()));
+    let g = HeadGeom { bs, h, rep, t, ka, s, d, transpose_b };
+    let (m, n) = g.out_dims();
+    let mut out = vec![0f32; bs * h * m * n];
+    let (ad, bd) = (data(&xa), data(&xb));
+    out.par_chunks_mut(m * n).enumerate().for_each(|(i, o)| {
+        let c = super::bf16gemm::gemm_bf16(m, n, ka, (ad, g.a_view(i)), (bd, g.opb_view(i)));
+        o.copy_from_slice(&c);
+    });
+    precision::round_in_place(Precision::Bf16, &mut out);
+    let out = flex_from(out, &[bs, h, m, n]);
+    match (pa, pb) {
+        (Prim::Ad(aa), Prim::Ad(ab)) => {
+            let nodes = [aa.node(), ab.node()];
+            drop((aa, ab));
+            ad_tensor(record(HeadMatmul, nodes, (xa, xb, g), out))
+        }
+        _ => plain_tensor(out),
+    }
+}
+
+/// Shapes of a [`head_matmul`]: `a` `[bs, h, t, ka]`, `b` `[bs, h / rep, s, d]`.
+#[derive(Debug, Clone, Copy)]
+struct HeadGeom {
+    bs: usize,
+    h: usize,
+    rep: usize,
+    t: usize,
+    ka: usize,
+    s: usize,
+    d: usize,
+    transpose_b: bool,
+}
+
+impl HeadGeom {
+    /// Rows and columns of each head's result.
+    fn out_dims(&self) -> (usize, usize) {
+        (self.t, if self.transpose_b { self.s } else { self.d })
+    }
+    /// The key/value head of query head `i` (over `bs·h`).
+    fn kv(&self, i: usize) -> usize {
+        let (bi, hi) = (i / self.h, i % self.h);
+        bi * (self.h / self.rep) + hi / self.rep
+    }
+    /// Head `i` of `a`, `[t, ka]` row-major.
+    fn a_view(&self, i: usize) -> View {
+        View { offset: i * self.t * self.ka, rs: self.ka as isize, cs: 1 }
+    }
+    /// Head `i`'s `b`, `[s, d]` row-major, as it enters the product: `bᵀ` `[d, s]` or `b`.
+    fn opb_view(&self, i: usize) -> View {
+        let off = self.kv(i) * self.s * self.d;
+        if self.transpose_b { View { offset: off, rs: 1, cs: self.d as isize } } else { View { offset: off, rs: self.d as isize, cs: 1 } }
+    }
+}
+
+#[derive(Debug)]
+struct HeadMatmul;
+
+impl Backward<Flex, 2> for HeadMatmul {
+    type State = (FlexTensor, FlexTensor, HeadGeom);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        use super::bf16gemm::gemm_bf16;
+        use super::precision::{Precision, round_in_place};
+        let [pa, pb] = ops.parents;
+        let dc = grads.consume::<Flex>(&ops.node);
+        if pa.is_none() && pb.is_none() {
+            return;
+        }
+        let (xa, xb, g) = ops.state;
+        let dc = contiguous(&dc);
+        let (ad, bd, dd) = (data(&xa), data(&xb), data(&dc));
+        let (m, n) = g.out_dims();
+        let dcv = |i: usize| View { offset: i * m * n, rs: n as isize, cs: 1 };
+        if let Some(p) = pa {
+            // da[t, ka] = dc[t, n] · op(b)ᵀ[n, ka]; op(b)ᵀ is b `[s, d]` itself for scores, bᵀ for values.
+            let mut da = vec![0f32; g.bs * g.h * g.t * g.ka];
+            da.par_chunks_mut(g.t * g.ka).enumerate().for_each(|(i, o)| {
+                let off = g.kv(i) * g.s * g.d;
+                let bv = if g.transpose_b {
+                    View { offset: off, rs: g.d as isize, cs: 1 }
+                } else {
+                    View { offset: off, rs: 1, cs: g.d as isize }
+                };
+                o.copy_from_slice(&gemm_bf16(g.t, g.ka, n, (dd, dcv(i)), (bd, bv)));
+            });
+            round_in_place(Precision::Bf16, &mut da);
+            grads.register::<Flex>(p.id, flex_from(da, &[g.bs, g.h, g.t, g.ka]));
+        }
+        if let Some(p) = pb {
+            // Scores: db[s, d] = Σ_rep dcᵀ[s, t] · a[t, d]; values: db[s, d] = Σ_rep aᵀ[s, t] · dc[t, d].
+            let kvh = g.h / g.rep;
+            let mut db = vec![0f32; g.bs * kvh * g.s * g.d];
+            db.par_chunks_mut(g.s * g.d).enumerate().for_each(|(j, o)| {
+                let (bi, ki) = (j / kvh, j % kvh);
+                for r in 0..g.rep {
+                    let i = bi * g.h + ki * g.rep + r;
+                    let at = View { offset: i * g.t * g.ka, rs: 1, cs: g.ka as isize };
+                    let dct = View { offset: i * m * n, rs: 1, cs: n as isize };
+                    let c = if g.transpose_b {
+                        gemm_bf16(g.s, g.d, g.t, (dd, dct), (ad, g.a_view(i)))
+                    } else {
+                        gemm_bf16(g.s, g.d, g.t, (ad, at), (dd, dcv(i)))
+                    };
+                    if r == 0 {
+                        o.copy_from_slice(&c);
+                    } else {
+                        o.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+                    }
+                }
+            });
+            round_in_place(Precision::Bf16, &mut db);
+            grads.register::<Flex>(p.id, flex_from(db, &[g.bs, kvh, g.s, g.d]));
+        }
     }
 }

@@ -222,23 +222,14 @@ impl Attention {
             }
             None => (k, v),
         };
-        let t_total = k.dims()[2];
-        let rep = h / kvh;
-        let (k, v) = if rep > 1 {
-            (
-                k.unsqueeze_dim::<5>(2).expand([b, kvh, rep, t_total, dh]).reshape([b, h, t_total, dh]),
-                v.unsqueeze_dim::<5>(2).expand([b, kvh, rep, t_total, dh]).reshape([b, h, t_total, dh]),
-            )
-        } else {
-            (k, v)
-        };
         let scale = 1.0 / (dh as f64).sqrt();
         // In bf16/f16 both products take rounded operands and give rounded results (as
-        // autocast's matmuls do); the softmax runs in f32. The identity in f32.
+        // autocast's matmuls do); the softmax runs in f32. Grouped key/value heads are shared by
+        // `h / kvh` query heads each.
         use kernels::precision::round;
-        let scores = round(round(q).matmul(round(k).swap_dims(2, 3)));
+        let scores = kernels::attention::head_matmul(q, k, true);
         let p = round(kernels::attention::softmax_scores(scores, scale, mask));
-        let out = round(p.matmul(round(v))).swap_dims(1, 2).reshape([b, t, h * dh]);
+        let out = kernels::attention::head_matmul(p, v, false).swap_dims(1, 2).reshape([b, t, h * dh]);
         self.o.forward(out)
     }
 }
