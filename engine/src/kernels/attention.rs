@@ -282,10 +282,9 @@ pub fn head_matmul(a: Tensor<4>, b: Tensor<4>, transpose_b: bool) -> Tensor<4> {
     let (m, n) = g.out_dims();
     let mut out = vec![0f32; bs * h * m * n];
     let (ad, bd) = (data(&xa), data(&xb));
-    out.par_chunks_mut(m * n).enumerate().for_each(|(i, o)| {
-        let c = super::bf16gemm::gemm_bf16(m, n, ka, (ad, g.a_view(i)), (bd, g.opb_view(i)));
-        o.copy_from_slice(&c);
-    });
+    out.par_chunks_mut(m * n)
+        .enumerate()
+        .for_each(|(i, o)| super::bf16gemm::gemm_into(m, n, ka, (ad, g.a_view(i)), (bd, g.opb_view(i)), o, false));
     precision::round_in_place(Precision::Bf16, &mut out);
     let out = flex_from(out, &[bs, h, m, n]);
     match (pa, pb) {
@@ -339,7 +338,7 @@ impl Backward<Flex, 2> for HeadMatmul {
     type State = (FlexTensor, FlexTensor, HeadGeom);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        use super::bf16gemm::gemm_bf16;
+        use super::bf16gemm::gemm_into;
         use super::precision::{Precision, round_in_place};
         let [pa, pb] = ops.parents;
         let dc = grads.consume::<Flex>(&ops.node);
@@ -361,7 +360,7 @@ impl Backward<Flex, 2> for HeadMatmul {
                 } else {
                     View { offset: off, rs: 1, cs: g.d as isize }
                 };
-                o.copy_from_slice(&gemm_bf16(g.t, g.ka, n, (dd, dcv(i)), (bd, bv)));
+                gemm_into(g.t, g.ka, n, (dd, dcv(i)), (bd, bv), o, false);
             });
             round_in_place(Precision::Bf16, &mut da);
             grads.register::<Flex>(p.id, flex_from(da, &[g.bs, g.h, g.t, g.ka]));
@@ -376,15 +375,10 @@ impl Backward<Flex, 2> for HeadMatmul {
                     let i = bi * g.h + ki * g.rep + r;
                     let at = View { offset: i * g.t * g.ka, rs: 1, cs: g.ka as isize };
                     let dct = View { offset: i * m * n, rs: 1, cs: n as isize };
-                    let c = if g.transpose_b {
-                        gemm_bf16(g.s, g.d, g.t, (dd, dct), (ad, g.a_view(i)))
+                    if g.transpose_b {
+                        gemm_into(g.s, g.d, g.t, (dd, dct), (ad, g.a_view(i)), o, r > 0)
                     } else {
-                        gemm_bf16(g.s, g.d, g.t, (ad, at), (dd, dcv(i)))
-                    };
-                    if r == 0 {
-                        o.copy_from_slice(&c);
-                    } else {
-                        o.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+                        gemm_into(g.s, g.d, g.t, (ad, at), (dd, dcv(i)), o, r > 0)
                     }
                 }
             });

@@ -62,10 +62,34 @@ fn bf16_bits(x: f32) -> u32 {
 /// `dst[m, n] = bf16(lhs)[m, k] · bf16(rhs)[k, n]`, f32 accumulation, dst row-major. Call only
 /// when [`available`].
 pub(crate) fn gemm_bf16(m: usize, n: usize, k: usize, lhs: (&[f32], View), rhs: (&[f32], View)) -> Vec<f32> {
+    if k == 0 || m == 0 || n == 0 {
+        return vec![0f32; m * n];
+    }
     let a = pack_lhs(m, k, lhs);
-    let mut out = vec![0f32; m * n];
-    gemm_packed(&a, n, rhs, &mut out, n, false);
+    let b = pack_rhs(k, n, rhs);
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: `out` has room for m·n values; with k ≥ 1 and no accumulation the kernel stores
+    // every one of them (each row block and column panel, its first k block with a plain
+    // store) before `set_len` exposes them.
+    unsafe {
+        gemm_raw(&a, &b, out.as_mut_ptr(), n, false);
+        out.set_len(m * n);
+    }
     out
+}
+
+/// `dst[m, n] (+)= bf16(lhs)[m, k] · bf16(rhs)[k, n]` into a row-major `dst` of `m·n` values
+/// (added to when `accumulate`). Call only when [`available`].
+pub(crate) fn gemm_into(m: usize, n: usize, k: usize, lhs: (&[f32], View), rhs: (&[f32], View), dst: &mut [f32], accumulate: bool) {
+    assert_eq!(dst.len(), m * n, "gemm_into: destination size");
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let a = pack_lhs(m, k, lhs);
+    gemm_packed(&a, n, rhs, dst, n, accumulate);
 }
 
 /// `lhs` `[m, k]` rounded to bf16 and packed, to be multiplied by several right-hand sides.
@@ -121,9 +145,20 @@ pub(crate) fn gemm_packed(a: &PackedLhs, n: usize, rhs: (&[f32], View), dst: &mu
 /// chunks, weight gradients), a task takes every row, so that each `rhs` panel is read from
 /// memory once instead of once per row block; otherwise tasks are blocks of [`MC`] rows.
 pub(crate) fn gemm_prepacked(a: &PackedLhs, b: &PackedRhs, dst: &mut [f32], ldc: usize, accumulate: bool) {
+    let (m, n) = (a.m, b.n);
+    assert!(ldc >= n && (m == 0 || dst.len() >= (m - 1) * ldc + n), "gemm_prepacked: destination too small");
+    // SAFETY: the destination holds the (m-1)·ldc + n values the product writes (asserted).
+    unsafe { gemm_raw(a, b, dst.as_mut_ptr(), ldc, accumulate) }
+}
+
+/// [`gemm_prepacked`] into a raw destination.
+///
+/// # Safety
+/// `dst` must be valid for writes (and reads, when `accumulate`) of `(m-1)·ldc + n` values.
+unsafe fn gemm_raw(a: &PackedLhs, b: &PackedRhs, dst: *mut f32, ldc: usize, accumulate: bool) {
     let (m, k, n) = (a.m, a.k, b.n);
     assert_eq!(k, b.k, "gemm_prepacked: inner dimensions differ");
-    assert!(ldc >= n && (m == 0 || dst.len() >= (m - 1) * ldc + n), "gemm_prepacked: destination too small");
+    assert!(ldc >= n);
     if m == 0 || n == 0 {
         return;
     }
@@ -134,7 +169,7 @@ pub(crate) fn gemm_prepacked(a: &PackedLhs, b: &PackedRhs, dst: &mut [f32], ldc:
     let want = 4 * rayon::current_num_threads();
     let ppt = if row_tasks >= want { np } else { np.div_ceil(want.div_ceil(row_tasks)).max(1) };
     let col_tasks = np.div_ceil(ppt);
-    let out = Out(dst.as_mut_ptr());
+    let out = Out(dst);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
         let (rt, ct) = (task / col_tasks, task % col_tasks);
         let (row0, rows) = (rt * rb, rb.min(m - rt * rb));
@@ -352,9 +387,10 @@ mod x86 {
         }
     }
 
-    /// [`super::pack`] when `k` is contiguous (`ks == 1`): each line's values are rounded and
-    /// paired 16 pairs at a time into a small buffer, then read back across lines (a gather
-    /// from L1) to write the panel a pair at a time.
+    /// [`super::pack`] when `k` is contiguous (`ks == 1`): for each group of 16 lines and block
+    /// of 16 pairs, each line's 32 values are rounded and paired into one register, and the
+    /// 16 × 16 block of pairs is transposed in registers so that each pair is one store across
+    /// the lines.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn pack_k_contiguous(src: &[f32], base: usize, ls: usize, width: usize, k: usize, lanes: usize, panel: &mut [u32]) {
         let kp = k.div_ceil(2);
@@ -366,36 +402,69 @@ mod x86 {
         }
         // SAFETY: a 64-byte read of a 64-byte array.
         let odd = unsafe { _mm512_loadu_si512(odd.as_ptr() as *const _) };
-        let mut tmp = [0i32; 32 * 16];
-        let iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
         for qb in (0..kp).step_by(16) {
             let pairs = 16.min(kp - qb);
             let vals = (k - 2 * qb).min(32);
             let (ma, mb) = (first(vals), first(vals.saturating_sub(16)));
-            for line in 0..width {
-                let p = s.wrapping_add(base + line * ls + 2 * qb);
-                // SAFETY: the lanes of `ma`/`mb` are values < k of a line < width (in bounds);
-                // `tmp` has room for 32 lines of 16.
-                unsafe {
-                    let a = round_bits(_mm512_maskz_loadu_epi32(ma, p));
-                    let b = round_bits(_mm512_maskz_loadu_epi32(mb, p.wrapping_add(16)));
-                    _mm512_storeu_si512(tmp.as_mut_ptr().add(line * 16) as *mut _, _mm512_permutex2var_epi16(a, odd, b));
-                }
-            }
-            for j in (0..lanes).step_by(16) {
-                let gm = first(width.saturating_sub(j));
-                let rows = _mm512_slli_epi32::<4>(_mm512_add_epi32(iota, _mm512_set1_epi32(j as i32)));
-                for q in 0..pairs {
-                    // SAFETY: gathered lanes are lines < width ≤ 32 of `tmp`, at pair q < 16;
-                    // the store stays in pair (qb + q)'s `lanes` values, qb + q < kp.
-                    unsafe {
-                        let at = _mm512_add_epi32(rows, _mm512_set1_epi32(q as i32));
-                        let v = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), gm, at, tmp.as_ptr());
-                        _mm512_mask_storeu_epi32(out.add((qb + q) * lanes + j), first(lanes - j), v);
+            for j0 in (0..lanes).step_by(16) {
+                let mut v = [_mm512_setzero_si512(); 16];
+                for (l, vl) in v.iter_mut().enumerate() {
+                    let line = j0 + l;
+                    if line >= width {
+                        break;
                     }
+                    let p = s.wrapping_add(base + line * ls + 2 * qb);
+                    // SAFETY: the lanes of `ma`/`mb` are values < k of a line < width, in
+                    // bounds (checked by `pack`); masked-off lanes are not read.
+                    unsafe {
+                        let a = round_bits(_mm512_maskz_loadu_epi32(ma, p));
+                        let b = round_bits(_mm512_maskz_loadu_epi32(mb, p.wrapping_add(16)));
+                        *vl = _mm512_permutex2var_epi16(a, odd, b);
+                    }
+                }
+                let t = transpose16(v);
+                let sm = first(lanes - j0);
+                for (q, tq) in t.iter().enumerate().take(pairs) {
+                    // SAFETY: pair qb + q < kp, lines j0.. of its `lanes`.
+                    unsafe { _mm512_mask_storeu_epi32(out.add((qb + q) * lanes + j0), sm, *tq) };
                 }
             }
         }
+    }
+
+    /// A 16 × 16 transpose of 32-bit values: `out[q]` lane `l` is `v[l]` lane `q`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(v: [__m512i; 16]) -> [__m512i; 16] {
+        // a[2i], a[2i+1]: lines 2i, 2i+1 interleaved, values 0,1 / 2,3 of each 128-bit lane.
+        let mut a = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+        }
+        // b[4g + j]: lines 4g..4g+3 of value 4L + j in 128-bit lane L.
+        let mut b = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (x0, x1, y0, y1) = (a[4 * g], a[4 * g + 1], a[4 * g + 2], a[4 * g + 3]);
+            b[4 * g] = _mm512_unpacklo_epi64(x0, y0);
+            b[4 * g + 1] = _mm512_unpackhi_epi64(x0, y0);
+            b[4 * g + 2] = _mm512_unpacklo_epi64(x1, y1);
+            b[4 * g + 3] = _mm512_unpackhi_epi64(x1, y1);
+        }
+        // Value 4L + j gathers lane L of b[j], b[4 + j], b[8 + j], b[12 + j].
+        let mut t = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let (p0, p1, p2, p3) = (b[j], b[4 + j], b[8 + j], b[12 + j]);
+            let c0 = _mm512_shuffle_i32x4::<0x44>(p0, p1);
+            let c1 = _mm512_shuffle_i32x4::<0xEE>(p0, p1);
+            let c2 = _mm512_shuffle_i32x4::<0x44>(p2, p3);
+            let c3 = _mm512_shuffle_i32x4::<0xEE>(p2, p3);
+            t[j] = _mm512_shuffle_i32x4::<0x88>(c0, c2);
+            t[4 + j] = _mm512_shuffle_i32x4::<0xDD>(c0, c2);
+            t[8 + j] = _mm512_shuffle_i32x4::<0x88>(c1, c3);
+            t[12 + j] = _mm512_shuffle_i32x4::<0xDD>(c1, c3);
+        }
+        t
     }
 
     /// `dst[rows, cols] (+)= a-panel · b-panel` over `kc` pairs.
