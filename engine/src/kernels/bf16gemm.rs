@@ -238,11 +238,14 @@ impl Scratch {
     /// `len` values, every one of which the packing writes.
     fn take(len: usize) -> Scratch {
         let reuse = if len <= KEEP_MAX {
-            FREE.with(|f| {
+            // `try_with`: during a thread's teardown the list may be gone; allocate then.
+            FREE.try_with(|f| {
                 let mut f = f.borrow_mut();
                 let at = f.iter().position(|v| v.capacity() >= len).or_else(|| (!f.is_empty()).then(|| f.len() - 1));
                 at.map(|i| f.swap_remove(i))
             })
+            .ok()
+            .flatten()
         } else {
             None
         };
@@ -259,7 +262,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);
         if v.capacity() <= KEEP_MAX {
-            FREE.with(|f| {
+            let _ = FREE.try_with(|f| {
                 let mut f = f.borrow_mut();
                 if f.len() < KEEP {
                     f.push(v);
