@@ -94,13 +94,14 @@ fn head_inner(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>, bf16: boo
     let n = b * t;
     let chunk = chunk_rows(vocab);
     let (mut lp, mut lse, mut correct) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    // The dense weight packed for the bf16 kernel once for every chunk (and kept for the
-    // backward pass, which recomputes the logits with it).
-    let packed = if bf16 { Some(Arc::new(Products::new(&wt, h, vocab))) } else { None };
+    // The dense weight packed for the bf16 kernel once for every chunk. The backward pass packs
+    // it again rather than keep it: methods that run several forward passes before one
+    // backward (DPO, PPO) would otherwise hold one copy per pass.
+    let packed = bf16.then(|| Products::new(&wt, h, vocab));
     let mut buf = Vec::new();
     for r0 in (0..n).step_by(chunk) {
         let r1 = (r0 + chunk).min(n);
-        let logits = chunk_logits(&wt, packed.as_deref(), &data(&xs)[r0 * h..r1 * h], r1 - r0, h, vocab, std::mem::take(&mut buf));
+        let logits = chunk_logits(&wt, packed.as_ref(), &data(&xs)[r0 * h..r1 * h], r1 - r0, h, vocab, std::mem::take(&mut buf));
         for (a, l, c) in map_range(r1 - r0, logits.len(), |i| row_forward(&logits[i * vocab..(i + 1) * vocab], ids[r0 + i])) {
             lp.push(a);
             lse.push(l);
@@ -108,10 +109,10 @@ fn head_inner(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>, bf16: boo
         }
         buf = logits;
     }
-    drop(buf);
+    drop((buf, packed));
     let out = flex_from(lp, &[b, t]);
     let correct = flex_from(correct, &[b, t]);
-    let state = State { x: xs, w: wt, packed, ids: Arc::new(ids), lse: Arc::new(lse), h, vocab, x_dims: [b, t, h] };
+    let state = State { x: xs, w: wt, bf16, ids: Arc::new(ids), lse: Arc::new(lse), h, vocab, x_dims: [b, t, h] };
     match (x, w) {
         (Prim::Ad(ax), HeadW::Dense(Prim::Ad(aw))) => {
             let nodes = [ax.node(), aw.node()];
@@ -132,15 +133,6 @@ fn head_inner(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>, bf16: boo
 enum Products {
     Dense(PackedRhs),
     Quantized,
-}
-
-impl std::fmt::Debug for Products {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Products::Dense(_) => "Products::Dense",
-            Products::Quantized => "Products::Quantized",
-        })
-    }
 }
 
 impl Products {
@@ -201,9 +193,8 @@ struct State {
     /// `[B·T, hidden]`, contiguous.
     x: FlexTensor,
     w: W,
-    /// The products run on the bf16 kernel (the forward pass's packed weight, for the
-    /// recomputed logits).
-    packed: Option<Arc<Products>>,
+    /// The products run on the bf16 kernel.
+    bf16: bool,
     ids: Arc<Vec<usize>>,
     lse: Arc<Vec<f32>>,
     h: usize,
@@ -220,8 +211,9 @@ fn backward(s: &State, g: &[f32], want_x: bool, want_w: bool) -> (Option<Vec<f32
     let mut dw = want_w.then(|| vec![0f32; h * vocab]);
     let chunk = chunk_rows(vocab);
     let mut buf = Vec::new();
-    // In bf16, Wᵀ packed once for every chunk's dx.
-    let wt_packed = match (&s.w, s.packed.as_deref()) {
+    // In bf16, W packed once for every chunk's recomputed logits, and Wᵀ for every chunk's dx.
+    let packed = s.bf16.then(|| Products::new(&s.w, h, vocab));
+    let wt_packed = match (&s.w, &packed) {
         (W::Dense(f), Some(_)) if want_x => {
             let v = view2(f).expect("2-D head");
             Some(bf16gemm::pack_rhs(vocab, h, (f.storage::<f32>(), View { offset: v.offset, rs: v.cs, cs: v.rs })))
@@ -232,12 +224,12 @@ fn backward(s: &State, g: &[f32], want_x: bool, want_w: bool) -> (Option<Vec<f32
         let r1 = (r0 + chunk).min(n);
         let rows = r1 - r0;
         let xc = &xd[r0 * h..r1 * h];
-        let mut dl = chunk_logits(&s.w, s.packed.as_deref(), xc, rows, h, vocab, std::mem::take(&mut buf));
+        let mut dl = chunk_logits(&s.w, packed.as_ref(), xc, rows, h, vocab, std::mem::take(&mut buf));
         let work = dl.len();
         for_chunks(&mut dl, vocab, work, |i, row| row_backward(row, s.ids[r0 + i], s.lse[r0 + i], g[r0 + i]));
         let dlv = View { offset: 0, rs: vocab as isize, cs: 1 };
         if let Some(dx) = dx.as_mut() {
-            match (&s.w, &wt_packed, s.packed.is_some()) {
+            match (&s.w, &wt_packed, s.bf16) {
                 (_, Some(wt), _) => {
                     // dx[rows, h] = dl[rows, vocab] · Wᵀ[vocab, h]
                     let a = bf16gemm::pack_lhs(rows, vocab, (&dl, dlv));
@@ -255,7 +247,7 @@ fn backward(s: &State, g: &[f32], want_x: bool, want_w: bool) -> (Option<Vec<f32
         }
         if let Some(dw) = dw.as_mut() {
             // dW[h, vocab] += xᵀ[h, rows] · dl[rows, vocab]
-            if s.packed.is_some() {
+            if s.bf16 {
                 let a = bf16gemm::pack_lhs(h, rows, (xc, View { offset: 0, rs: 1, cs: h as isize }));
                 bf16gemm::gemm_packed(&a, vocab, (&dl, dlv), dw, vocab, r0 > 0);
             } else {
