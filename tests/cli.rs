@@ -104,6 +104,12 @@ fn inspect_and_devices() {
     assert!(stdout(&o).contains("chat template  yes"), "{}", stdout(&o));
     let d = json(&whetstone(&["devices", "--json"]));
     assert_eq!(d[0]["name"], "cpu");
+    assert!(d[0]["memory_bytes"].as_u64().is_some_and(|b| b > 0), "{d}");
+    // The wgpu adapter (Mesa's lavapipe in CI) with the capacity its Vulkan driver reports.
+    assert_eq!(d[1]["name"], "wgpu:0", "{d}");
+    assert!(d[1]["memory_bytes"].as_u64().is_some_and(|b| b > 0), "{d}");
+    let o = whetstone(&["devices"]);
+    assert!(stdout(&o).lines().any(|l| l.starts_with("wgpu:0") && l.contains(" GB")), "{}", stdout(&o));
 }
 
 #[test]

@@ -1,6 +1,8 @@
-//! The fused flex kernels (`engine/src/kernels/`) compute the same values and gradients as the
-//! composite burn ops they replace, on the autodiff device and off it; and a whole training
-//! step gives the same loss, gradient norm and weights either way.
+//! The fused flex kernels (`engine/src/kernels/`) and the GPU kernels (`engine/src/kernels/gpu/`,
+//! run here on wgpu: Mesa's lavapipe in CI, where the tests fail rather than skip without an
+//! adapter) compute the same values and gradients as the composite burn ops they replace, on
+//! the autodiff device and off it; and a whole training step gives the same loss, gradient norm
+//! and weights either way.
 
 mod common;
 
@@ -10,6 +12,11 @@ use whetstone_engine::kernels::{self, attention, cross_entropy, mlp, norm, qline
 
 fn dev() -> Device {
     Device::flex().autodiff()
+}
+
+/// The first wgpu adapter, with autodiff.
+fn gpu() -> Device {
+    whetstone_engine::device::parse_device("wgpu").expect("a wgpu adapter (CI installs Mesa lavapipe)").autodiff()
 }
 
 fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -65,11 +72,20 @@ fn compare(what: &str, [fused, composite]: [(Vec<f32>, Vec<Vec<f32>>); 2], tol: 
 
 #[test]
 fn rms_norm_matches_composite() {
-    let d = dev();
-    // Row lengths off the 16-lane boundary too.
-    for h in [64, 37] {
-        let x = random([3, 5, h], &d);
-        let w = random([h], &d);
+    rms_norm_case(&dev());
+}
+
+#[test]
+fn gpu_rms_norm_matches_composite() {
+    rms_norm_case(&gpu());
+}
+
+fn rms_norm_case(d: &Device) {
+    // Row lengths off the 16-lane boundary too; on the GPU, rows longer than a workgroup and
+    // more rows than one weight-gradient block.
+    for (rows, h) in [(5, 64), (5, 37), (70, 300)] {
+        let x = random([3, rows, h], d);
+        let w = random([h], d);
         let out = both([x.clone(), w.unsqueeze::<3>()], |xs| norm::rms_norm(xs[0].clone(), xs[1].clone().reshape([h]), 1e-5));
         compare(&format!("rms_norm h={h}"), out, 2e-5);
     }
@@ -77,9 +93,17 @@ fn rms_norm_matches_composite() {
 
 #[test]
 fn swiglu_matches_composite() {
-    let d = dev();
-    let g = random([2, 7, 300], &d);
-    let u = random([2, 7, 300], &d);
+    swiglu_case(&dev());
+}
+
+#[test]
+fn gpu_swiglu_matches_composite() {
+    swiglu_case(&gpu());
+}
+
+fn swiglu_case(d: &Device) {
+    let g = random([2, 7, 300], d);
+    let u = random([2, 7, 300], d);
     compare("swiglu", both([g, u], |xs| mlp::swiglu(xs[0].clone(), xs[1].clone())), 2e-5);
 }
 
@@ -102,7 +126,16 @@ fn masked_softmax_matches_composite() {
 
 #[test]
 fn rope_head_split_matches_composite() {
-    let d = dev();
+    rope_case(&dev());
+}
+
+#[test]
+fn gpu_rope_head_split_matches_composite() {
+    rope_case(&gpu());
+}
+
+fn rope_case(d: &Device) {
+    let d = d.clone();
     let (b, t, h, dh) = (2, 6, 3, 8);
     let inv: Vec<f32> = (0..dh / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dh as f32)).collect();
     for per_row in [false, true] {
@@ -120,7 +153,16 @@ fn rope_head_split_matches_composite() {
 
 #[test]
 fn token_logprobs_match_composite() {
-    let d = dev();
+    token_logprobs_case(&dev());
+}
+
+#[test]
+fn gpu_token_logprobs_match_composite() {
+    token_logprobs_case(&gpu());
+}
+
+fn token_logprobs_case(d: &Device) {
+    let d = d.clone();
     let (b, t, v) = (2, 5, 1000);
     let logits = random([b, t, v], &d);
     let ids: Vec<i64> = (0..b * t).map(|i| (i * 397 % v) as i64).collect();
@@ -195,12 +237,23 @@ fn kernels_run_off_the_autodiff_device_too() {
 
 #[test]
 fn a_training_step_is_the_same_fused_or_composite() {
+    training_step_case(&dev());
+}
+
+/// On wgpu the whole step (RMSNorm, RoPE, attention, SwiGLU, the loss and AdamW on GPU kernels)
+/// against the same step in composite ops.
+#[test]
+fn gpu_a_training_step_is_the_same_fused_or_composite() {
+    training_step_case(&gpu());
+}
+
+fn training_step_case(d: &Device) {
     use whetstone_engine::model::LoadedModel;
     use whetstone_engine::model::batch::make_batch;
     use whetstone_engine::text::sft::Encoded;
     use whetstone_engine::train::optim::{AdamW, AdamWConfig};
     use whetstone_engine::train::sft::SftTrainer;
-    let d = dev();
+    let d = d.clone();
     let m = LoadedModel::load(&common::fixture("tiny-models/llama"), &d).unwrap();
     let ex: Vec<Encoded> = (0..3)
         .map(|r| Encoded { ids: (0..12).map(|i| ((i * 7 + r * 13) % 200) as u32).collect(), target: (0..12).map(|i| i > 3).collect() })
@@ -221,6 +274,9 @@ fn a_training_step_is_the_same_fused_or_composite() {
         }
         (out, tr.model.to_weights().layers[0].q.0.data.clone())
     };
+    // The two runs take different paths on this device.
+    let probe = Tensor::<1>::zeros([1], &d);
+    assert!(kernels::fused_for(&probe) && !kernels::composite(|| kernels::fused_for(&probe)));
     let fused = run();
     let composite = kernels::composite(run);
     for (i, (a, b)) in fused.0.iter().zip(&composite.0).enumerate() {
@@ -235,13 +291,26 @@ fn a_training_step_is_the_same_fused_or_composite() {
 /// composite form on the dequantised weight, and the input gradient (W is frozen).
 #[test]
 fn packed_matmul_matches_the_dequantised_weight() {
+    use whetstone_engine::io::quant::GgmlType;
+    packed_case(&dev(), &[GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K]);
+}
+
+/// The GPU kernel reads the block formats (repacked once into groups of 16); 16-bit float
+/// weights have no GPU kernel and are not listed.
+#[test]
+fn gpu_packed_matmul_matches_the_dequantised_weight() {
+    use whetstone_engine::io::quant::GgmlType;
+    packed_case(&gpu(), &[GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K]);
+}
+
+fn packed_case(d: &Device, types: &[whetstone_engine::io::quant::GgmlType]) {
     use std::sync::Arc;
     use whetstone_engine::io::HostTensor;
-    use whetstone_engine::io::quant::{GgmlType, PackedMatrix};
-    let d = dev();
+    use whetstone_engine::io::quant::PackedMatrix;
+    let d = d.clone();
     let (din, dout) = (512, 300);
     let w = HostTensor::new(vec![dout, din], seeded(dout * din).iter().map(|v| v * 0.05).collect());
-    for ty in [GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K] {
+    for &ty in types {
         let p = Arc::new(PackedMatrix::quantize(ty, &w).unwrap());
         for rows in [1, 3, 40] {
             let x = random([1, rows, din], &d);
@@ -260,11 +329,22 @@ fn compare_fn(x: &Tensor<3>, f: impl Fn(&Tensor<3>) -> Tensor<3>) -> [(Vec<f32>,
 /// packed one; gradients for the hidden states and the dense head.
 #[test]
 fn fused_head_matches_logits_then_logprobs() {
+    head_case(&dev());
+}
+
+/// On the GPU the dense head runs in chunks of 5 rows here (18 rows: four chunks, the last
+/// short), and the packed head on the quantised matmul and log-prob kernels.
+#[test]
+fn gpu_fused_head_matches_logits_then_logprobs() {
+    kernels::gpu::head::with_chunk_rows(5, || head_case(&gpu()));
+}
+
+fn head_case(d: &Device) {
     use std::sync::Arc;
     use whetstone_engine::io::HostTensor;
     use whetstone_engine::io::quant::{GgmlType, PackedMatrix};
     use whetstone_engine::kernels::head::{Head, head_logprobs};
-    let d = dev();
+    let d = d.clone();
     let (b, t, h, v) = (2, 9, 64, 300);
     let ids: Vec<i64> = (0..b * t).map(|i| ((i * 37 + 5) % v) as i64).collect();
     let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &d);
@@ -419,6 +499,41 @@ fn head_matmul_matches_the_expanded_composite_in_bf16() {
             assert_close(&format!("{name} {h}/{kvh} value"), &f.0, &c.0, 8e-3);
             assert_close(&format!("{name} {h}/{kvh} grad a"), &f.1, &c.1, 8e-3);
             assert_close(&format!("{name} {h}/{kvh} grad b"), &f.2, &c.2, 8e-3);
+        }
+    }
+}
+
+#[test]
+fn attention_matches_composite() {
+    attention_case(&dev());
+}
+
+/// The fused GPU attention (`kernels/gpu/attention.rs`), which never holds the scores, against
+/// the two products around the masked softmax.
+#[test]
+fn gpu_attention_matches_composite() {
+    attention_case(&gpu());
+}
+
+fn attention_case(d: &Device) {
+    // (heads, kv heads, queries, keys): grouped heads, plain heads, and queries after a cache
+    // (keys longer than the queries, the causal mask offset).
+    for (h, kvh, t, s) in [(4, 2, 9, 9), (3, 3, 7, 7), (4, 1, 3, 8)] {
+        let (b, dh) = (2, 16);
+        let q = random([b, h, t, dh], d);
+        let k = random([b, kvh, s, dh], d) * 0.5;
+        let v = random([b, kvh, s, dh], d);
+        let off = s - t;
+        let causal: Vec<bool> = (0..t).flat_map(|i| (0..s).map(move |j| j > i + off)).collect();
+        let causal = Tensor::<4, Bool>::from_data(TensorData::new(causal, [1, 1, t, s]), d);
+        // Per-row masks, as packed sequences give: row r's first document ends at 3 + r.
+        let packed: Vec<bool> =
+            (0..b).flat_map(|r| (0..t).flat_map(move |i| (0..s).map(move |j| j > i + off || (i + off < 3 + r) != (j < 3 + r)))).collect();
+        let packed = Tensor::<4, Bool>::from_data(TensorData::new(packed, [b, 1, t, s]), d);
+        for (name, mask) in [("causal", Some(&causal)), ("packed", Some(&packed)), ("unmasked", None)] {
+            let out =
+                both([q.clone(), k.clone(), v.clone()], |xs| attention::attend(xs[0].clone(), xs[1].clone(), xs[2].clone(), 0.25, mask));
+            compare(&format!("attention {name} h={h} kvh={kvh} t={t} s={s}"), out, 2e-5);
         }
     }
 }

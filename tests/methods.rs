@@ -311,6 +311,34 @@ fn every_method_trains_on_wgpu_as_on_the_cpu() {
         }
         assert!(!tmp.path().join("runs").join("bf16").exists(), "the refused job wrote its run folder");
     }
+    // The memory pre-flight measures a job against the GPU's own capacity (as its runtime
+    // reports it), and refuses one that cannot fit before anything is loaded or written.
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        write_data(tmp.path(), 4);
+        let p = on_device(
+            job(
+                tmp.path(),
+                "sft",
+                "huge",
+                "max_steps = 1
+batch_size = 200000
+max_seq_len = 8192
+",
+            ),
+            "wgpu",
+        );
+        let h = spawn(JobSpec::from_file(&p).unwrap(), RunOptions::default());
+        let evs: Vec<JobEvent> = h.events.iter().collect();
+        h.join();
+        match evs.last() {
+            Some(JobEvent::Failed { reason }) => {
+                assert!(reason.contains("GPU memory is free") && reason.contains("lower train.batch_size"), "{reason}")
+            }
+            e => panic!("a job larger than the GPU ran: {e:?}"),
+        }
+        assert!(!tmp.path().join("runs").join("huge").exists(), "the refused job wrote its run folder");
+    }
     let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
     // f16 (operands and results rounded to f16, f32 accumulation, loss scaling) tracks the
     // CPU's f16 run over ten SFT steps.
@@ -356,6 +384,14 @@ fn every_method_trains_on_wgpu_as_on_the_cpu() {
         one("start", "cpu", "1e-12");
         let (cpu, gpu) = (one("cpu1", "cpu", "0"), one("gpu1", "wgpu", "0"));
         let (sc, sg) = (&steps(&cpu)[0], &steps(&gpu)[0]);
+        // The GPU's memory in use after each step and its capacity go into the event stream
+        // (for the status bar and metrics.jsonl); the CPU has neither.
+        assert!(sg.device_memory_bytes.is_some_and(|b| b > 0) && sc.device_memory_bytes.is_none(), "{method}: {sg:?}");
+        assert!(
+            gpu.iter().any(|e| matches!(e, JobEvent::Started { device_capacity_bytes: Some(c), .. } if *c > 0))
+                && cpu.iter().any(|e| matches!(e, JobEvent::Started { device_capacity_bytes: None, .. })),
+            "{method}: capacity in the Started events"
+        );
         assert!(rel(sc.loss, sg.loss) < 1e-4, "{method}: step 1 loss {} on the CPU, {} on wgpu", sc.loss, sg.loss);
         assert!(rel(sc.grad_norm, sg.grad_norm) < 1e-3, "{method}: grad norm {} vs {}", sc.grad_norm, sg.grad_norm);
         let (w0, wc, wg) = (trained(d, "start"), trained(d, "cpu1"), trained(d, "gpu1"));

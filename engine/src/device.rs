@@ -11,6 +11,60 @@ pub struct DeviceInfo {
     pub name: String,
     pub backend: String,
     pub description: String,
+    /// The memory a job can use: the GPU's capacity as its runtime reports it (Vulkan: the
+    /// largest device-local heap), or the RAM available now for the CPU. `None` where the
+    /// runtime gives no figure.
+    pub memory_bytes: Option<u64>,
+}
+
+impl DeviceInfo {
+    /// `name (description, 24.0 GB)`, as lists show it.
+    pub fn label(&self) -> String {
+        match self.memory_bytes {
+            Some(b) => format!("{} ({}, {})", self.name, self.description, fmt_gb(b)),
+            None => format!("{} ({})", self.name, self.description),
+        }
+    }
+}
+
+/// `12.3 GB`.
+pub fn fmt_gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+/// The cubecl device under `device` (through an autodiff wrapper), if it is one.
+fn cube_device(device: &Device) -> Option<burn::backend::CubeDevice> {
+    use burn::backend::DispatchDevice;
+    match device.as_dispatch() {
+        DispatchDevice::Cube(d) => Some(d.clone()),
+        DispatchDevice::Autodiff(inner) => match &**inner {
+            DispatchDevice::Cube(d) => Some(d.clone()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        },
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Whether `device` is a GPU (any cubecl runtime: wgpu, CUDA), with or without autodiff.
+pub fn is_gpu(device: &Device) -> bool {
+    cube_device(device).is_some()
+}
+
+/// The memory capacity of a GPU device, as its runtime reports it; `None` for the CPU or a
+/// runtime without a figure.
+pub fn gpu_capacity(device: &Device) -> Option<u64> {
+    cube_device(device)?.client().properties().memory.max_memory()
+}
+
+/// Bytes the GPU's allocator holds now (live tensors plus pages kept for reuse); `None` for
+/// the CPU.
+pub fn gpu_memory_in_use(device: &Device) -> Option<u64> {
+    if !is_gpu(device) {
+        return None;
+    }
+    device.memory_pool_usage().map(|u| u.bytes_reserved)
 }
 
 /// Parse a `--device` value: `cpu`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N`.
@@ -67,15 +121,16 @@ pub fn list_devices() -> Vec<DeviceInfo> {
         name: "cpu".into(),
         backend: "flex".into(),
         description: format!("CPU, {} threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        memory_bytes: crate::model::memory::available_memory(&Device::flex()).map(|b| b as u64),
     }];
     for (i, d) in Device::enumerate(DeviceType::Wgpu).into_vec().into_iter().enumerate() {
         let description = d.identity().map(|id| id.name).unwrap_or_else(|| format!("{d:?}"));
-        out.push(DeviceInfo { name: format!("wgpu:{i}"), backend: "wgpu".into(), description });
+        out.push(DeviceInfo { name: format!("wgpu:{i}"), backend: "wgpu".into(), description, memory_bytes: gpu_capacity(&d) });
     }
     #[cfg(feature = "cuda")]
     for (i, d) in Device::enumerate(DeviceType::Cuda).into_vec().into_iter().enumerate() {
         let description = d.identity().map(|id| id.name).unwrap_or_else(|| format!("{d:?}"));
-        out.push(DeviceInfo { name: format!("cuda:{i}"), backend: "cuda".into(), description });
+        out.push(DeviceInfo { name: format!("cuda:{i}"), backend: "cuda".into(), description, memory_bytes: gpu_capacity(&d) });
     }
     out
 }

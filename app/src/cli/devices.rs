@@ -13,7 +13,8 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&devices)?);
     } else {
         for d in devices {
-            println!("{:<8} {:<6} {}", d.name, d.backend, d.description);
+            let mem = d.memory_bytes.map(whetstone_engine::device::fmt_gb).unwrap_or_else(|| "?".into());
+            println!("{:<8} {:<6} {:>9}  {}", d.name, d.backend, mem, d.description);
         }
     }
     Ok(())

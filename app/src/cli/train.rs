@@ -58,7 +58,11 @@ pub fn run(a: Args) -> Result<()> {
             }
             JobEvent::Step(s) => {
                 bar.set_position(s.step as u64);
-                bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, s.tokens_per_second));
+                let mut msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, s.tokens_per_second);
+                if let Some(b) = s.device_memory_bytes {
+                    msg.push_str(&format!("  GPU {:.1} GB", b as f64 / 1e9));
+                }
+                bar.set_message(msg);
             }
             JobEvent::Eval(e) => {
                 let mut line = format!("step {}: eval loss {:.4}", e.step, e.eval_loss);

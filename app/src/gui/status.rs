@@ -29,6 +29,13 @@ impl WorkbenchApp {
                 None if self.train_ui.draft.device == "cpu" => ui.label(t("Device: CPU")),
                 None => ui.label(format!("{} {}", t("Device:"), self.train_ui.draft.device)),
             };
+            // A GPU job's device memory, as its allocator held it after the last step.
+            if let Some(j) = running
+                && let Some(used) = j.steps.last().and_then(|s| s.device_memory_bytes)
+            {
+                ui.separator();
+                ui.label(gpu_memory_text(used, j.device_capacity));
+            }
             if let Some(mb) = self.memory_mb() {
                 ui.separator();
                 ui.label(format!("Memory: {mb:.0} MB"));
@@ -72,6 +79,14 @@ impl WorkbenchApp {
                 ui.add(egui::Label::new(text).truncate());
             }
         });
+    }
+}
+
+/// `GPU memory: 1.2 / 24.0 GB` (or without the capacity when the runtime gives none).
+pub(super) fn gpu_memory_text(used: u64, capacity: Option<u64>) -> String {
+    match capacity {
+        Some(c) => format!("{} {:.1} / {:.1} GB", t("GPU memory"), used as f64 / 1e9, c as f64 / 1e9),
+        None => format!("{} {:.1} GB", t("GPU memory"), used as f64 / 1e9),
     }
 }
 

@@ -198,6 +198,12 @@ impl PackedMatrix {
         self.cols / be * bb
     }
 
+    /// The storage itself: a GPU copy is cached against it (`kernels/gpu/qlinear.rs`), held
+    /// weakly, so it lives exactly as long as this matrix's bytes.
+    pub(crate) fn storage(&self) -> &Arc<Vec<u8>> {
+        &self.data
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len()
@@ -213,6 +219,103 @@ impl PackedMatrix {
     pub fn dequant_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), (r1 - r0) * self.cols);
         dequant_into(self.ty, self.row_data(r0, r1), out);
+    }
+
+    /// The matrix as groups of 16 values, each `scale · code + offset` with a signed 8-bit
+    /// code: the layout the GPU kernel reads (`kernels/gpu/qlinear.rs`). Returns the codes
+    /// packed four to a little-endian word (`[rows, cols / 4]`), and the scales and offsets
+    /// (`[rows, cols / 16]`); `None` for the 16- and 32-bit float types.
+    ///
+    /// Each value is computed from them with the operations [`dequant_block`] uses, in the same
+    /// order (`code · scale` for Q8_0, Q4_0 and Q6_K, whose offset is 0, `code · scale + offset`
+    /// for Q4_1, Q4_K and Q5_K), so the GPU dequantises bit for bit as the CPU does.
+    pub fn groups16(&self) -> Option<(Vec<u32>, Vec<f32>, Vec<f32>)> {
+        if matches!(self.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            return None;
+        }
+        let (be, bb) = self.ty.block();
+        let n = self.rows * self.cols;
+        let mut codes = vec![0u8; n];
+        let mut scales = Vec::with_capacity(n / 16);
+        let mut offsets = Vec::with_capacity(n / 16);
+        for (bi, b) in self.data.chunks_exact(bb).enumerate() {
+            let c = &mut codes[bi * be..(bi + 1) * be];
+            let mut group = |scale: f32, offset: f32| {
+                scales.push(scale);
+                offsets.push(offset);
+            };
+            match self.ty {
+                GgmlType::Q8_0 => {
+                    let d = f16_at(b, 0);
+                    c.copy_from_slice(&b[2..34]);
+                    group(d, 0.0);
+                    group(d, 0.0);
+                }
+                GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                    let d = f16_at(b, 0);
+                    let (m, qs) = if self.ty == GgmlType::Q4_1 { (f16_at(b, 2), &b[4..20]) } else { (0.0, &b[2..18]) };
+                    let zero = if self.ty == GgmlType::Q4_0 { 8 } else { 0 };
+                    for j in 0..16 {
+                        c[j] = ((qs[j] & 0x0F) as i32 - zero) as i8 as u8;
+                        c[j + 16] = ((qs[j] >> 4) as i32 - zero) as i8 as u8;
+                    }
+                    group(d, m);
+                    group(d, m);
+                }
+                GgmlType::Q4K | GgmlType::Q5K => {
+                    let d = f16_at(b, 0);
+                    let dmin = f16_at(b, 2);
+                    let scales_k = &b[4..16];
+                    let q5 = self.ty == GgmlType::Q5K;
+                    let (qh, qs) = if q5 { (&b[16..48], &b[48..176]) } else { (&b[16..16], &b[16..144]) };
+                    for k in 0..4 {
+                        let (sc1, m1) = scale_min_k4(2 * k, scales_k);
+                        let (sc2, m2) = scale_min_k4(2 * k + 1, scales_k);
+                        let q = &qs[32 * k..32 * k + 32];
+                        for l in 0..32 {
+                            let (hi1, hi2) = if q5 {
+                                (if qh[l] & (1u8 << (2 * k)) != 0 { 16 } else { 0 }, if qh[l] & (2u8 << (2 * k)) != 0 { 16 } else { 0 })
+                            } else {
+                                (0, 0)
+                            };
+                            c[64 * k + l] = (q[l] & 0x0F) + hi1;
+                            c[64 * k + 32 + l] = (q[l] >> 4) + hi2;
+                        }
+                        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+                        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+                        group(d1, -m1);
+                        group(d1, -m1);
+                        group(d2, -m2);
+                        group(d2, -m2);
+                    }
+                }
+                GgmlType::Q6K => {
+                    let (ql_all, qh_all, sc_all) = (&b[0..128], &b[128..192], &b[192..208]);
+                    let d = f16_at(b, 208);
+                    for half in 0..2 {
+                        let (ql, qh, yo) = (&ql_all[64 * half..], &qh_all[32 * half..], 128 * half);
+                        for l in 0..32 {
+                            c[yo + l] = (((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32) as i8 as u8;
+                            c[yo + l + 32] = (((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32) as i8 as u8;
+                            c[yo + l + 64] = (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32) as i8 as u8;
+                            c[yo + l + 96] = (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32) as i8 as u8;
+                        }
+                    }
+                    // Sixteen groups of 16, in value order: scale index `is + 2·quarter` of each half.
+                    let sc = |i: usize| d * (sc_all[i] as i8) as f32;
+                    for half in 0..2 {
+                        for quarter in 0..4 {
+                            for is in 0..2 {
+                                group(sc(8 * half + is + 2 * quarter), 0.0);
+                            }
+                        }
+                    }
+                }
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("handled above"),
+            }
+        }
+        let words = codes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        Some((words, scales, offsets))
     }
 
     /// The whole matrix as f32, `[rows, cols]`.
@@ -435,6 +538,40 @@ mod tests {
                 ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.2
             })
             .collect()
+    }
+
+    /// The GPU layout gives back every value bit for bit, for every block type: `code · scale
+    /// + offset` with the code sign-extended, as the kernel computes it.
+    #[test]
+    fn groups_of_16_dequantise_as_the_blocks_do() {
+        let (rows, cols) = (3, 512);
+        let w = HostTensor::new(vec![rows, cols], sample(rows * cols, 11));
+        // Q5_K and Q6_K are only read (from GGUF files): random blocks with finite scales.
+        let random_blocks = |ty: GgmlType| {
+            let (be, bb) = ty.block();
+            let mut bytes: Vec<u8> = sample(rows * cols / be * bb, 5).iter().map(|v| (v.to_bits() >> 7) as u8).collect();
+            for b in bytes.chunks_exact_mut(bb) {
+                let at: &[usize] = if ty == GgmlType::Q6K { &[208] } else { &[0, 2] };
+                for &i in at {
+                    let scale = f16::from_f32(0.01 + b[i] as f32 * 1e-4);
+                    b[i..i + 2].copy_from_slice(&scale.to_le_bytes());
+                }
+            }
+            PackedMatrix::new(ty, rows, cols, bytes).unwrap()
+        };
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            let p = if matches!(ty, GgmlType::Q5K | GgmlType::Q6K) { random_blocks(ty) } else { PackedMatrix::quantize(ty, &w).unwrap() };
+            let want = p.to_host().data;
+            let (words, scales, offsets) = p.groups16().unwrap();
+            assert_eq!((words.len(), scales.len(), offsets.len()), (rows * cols / 4, rows * cols / 16, rows * cols / 16));
+            for (i, &v) in want.iter().enumerate() {
+                let byte = (words[i / 4] >> (8 * (i % 4))) & 0xFF;
+                let code = byte as u8 as i8 as f32;
+                let got = code * scales[i / 16] + offsets[i / 16];
+                assert!(got == v, "{}: value {i}: {got} from the groups, {v} from the blocks", ty.name());
+            }
+        }
+        assert!(PackedMatrix::quantize(GgmlType::BF16, &w).unwrap().groups16().is_none());
     }
 
     #[test]

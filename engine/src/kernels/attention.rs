@@ -132,6 +132,29 @@ impl Backward<Flex, 1> for SoftmaxScores {
     }
 }
 
+/// Attention's core, `softmax(q·kᵀ·scale, masked) · v`, for `q` `[B, H, T, D]` and `k`, `v`
+/// `[B, KVH, S, D]` (query head `h` reads key/value head `h / (H / KVH)`); `mask`
+/// `[B or 1, 1, T, S]`, true where a key is hidden.
+///
+/// In f32 on a cube device (wgpu, CUDA) this is one fused kernel each way that never holds the
+/// `[B, H, T, S]` scores ([`super::gpu::attention`]). Elsewhere, and in bf16/f16 (whose
+/// products round their operands and results as autocast's do), it is the two per-head
+/// products around the masked softmax.
+pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, mask: Option<&Tensor<4, Bool>>) -> Tensor<4> {
+    use super::precision::{self, Precision, round};
+    let (q, k, v) = if precision::current() == Precision::F32 {
+        match super::gpu::attention::attend(q, k, v, scale, mask) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        }
+    } else {
+        (q, k, v)
+    };
+    let scores = head_matmul(q, k, true);
+    let p = round(softmax_scores(scores, scale, mask));
+    head_matmul(p, v, false)
+}
+
 /// The composite form of RoPE (any backend): `[B, H, T, Dh]` with rotate-half, x*cos + rotate_half(x)*sin.
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [_, _, _, dh] = x.dims();
@@ -145,6 +168,10 @@ pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
 /// Split heads and apply rotary embedding: `x` `[B, T, H, Dh]` → `[B, H, T, Dh]`, each head
 /// vector `x·cos + rotate_half(x)·sin`. `cos`/`sin`: `[B or 1, 1, T, Dh]`.
 pub fn rope_heads(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let x = match super::gpu::rope::rope_heads(x, cos, sin) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let Some([px, pc, ps]) = prims([&x, cos, sin]) else {
         return apply_rope(x.swap_dims(1, 2), cos, sin);
     };

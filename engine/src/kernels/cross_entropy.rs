@@ -22,6 +22,10 @@ use super::{AdTensor, Prim, ad_tensor, contiguous, data, exclusive_buf, flex_fro
 /// `(log p(target), 1 if the target is the argmax else 0)` per position, `[B, T]` each. The
 /// second is detached. Targets must be valid ids (`< vocab`).
 pub fn token_logprobs(logits: Tensor<3>, targets: &Tensor<2, Int>) -> (Tensor<2>, Tensor<2>) {
+    let logits = match super::gpu::cross_entropy::token_logprobs(logits, targets) {
+        Ok(out) => return out,
+        Err(logits) => logits,
+    };
     let [b, t, v] = logits.dims();
     let Some(p) = prim(&logits) else {
         let lp = activation::log_softmax(logits, 2);

@@ -7,7 +7,8 @@
 //!
 //! The head is a dense `[hidden, vocab]` weight (an untied head, or the tied embedding's
 //! transpose, a strided view; it gets its gradient when it is trained) or a packed frozen one
-//! (`[vocab, hidden]`). Off flex the composite form runs: logits, then `token_logprobs`.
+//! (`[vocab, hidden]`). On a cube device a dense head runs the same chunked scheme on GPU
+//! kernels (`gpu/head.rs`); otherwise the composite form runs: logits, then `token_logprobs`.
 
 use std::sync::Arc;
 
@@ -65,7 +66,12 @@ fn head_inner(hidden: Tensor<3>, head: Head, targets: &Tensor<2, Int>, bf16: boo
     let (x, w) = match head {
         Head::Dense(w) => match prim_pair(&hidden, &w) {
             Some((px, pw)) => (px, HeadW::Dense(pw)),
-            None => return token_logprobs(matmul_last(hidden, w), targets),
+            None => {
+                return match super::gpu::head::head_logprobs(hidden, w, targets) {
+                    Ok(out) => out,
+                    Err((hidden, w)) => token_logprobs(matmul_last(hidden, w), targets),
+                };
+            }
         },
         Head::Packed(p) => match prim(&hidden) {
             Some(px) => (px, HeadW::Packed(p.clone())),

@@ -17,6 +17,10 @@ const CHUNK: usize = 32 * 1024;
 
 /// `silu(gate) · up` for two tensors of the same shape.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    let (gate, up) = match super::gpu::mlp::swiglu(gate, up) {
+        Ok(y) => return y,
+        Err(inputs) => inputs,
+    };
     let Some([pg, pu]) = (if gate.dims() == up.dims() { prims([&gate, &up]) } else { None }) else {
         return activation::silu(gate) * up;
     };

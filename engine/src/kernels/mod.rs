@@ -28,6 +28,7 @@
 pub mod attention;
 pub mod bf16gemm;
 pub mod cross_entropy;
+pub mod gpu;
 pub mod head;
 pub mod linear;
 pub mod mlp;
@@ -129,7 +130,7 @@ impl Prim {
 
 /// The primitive of `t`, or `None` when it is not an f32 flex tensor (or kernels are off).
 pub(crate) fn prim<const D: usize>(t: &Tensor<D>) -> Option<Prim> {
-    if !enabled() {
+    if !enabled() || gpu::on_cube(t) {
         return None;
     }
     // Try only the conversion that can succeed: a failed one builds an error message.
@@ -142,9 +143,10 @@ pub(crate) fn prim<const D: usize>(t: &Tensor<D>) -> Option<Prim> {
     }
 }
 
-/// Whether the fused kernels would run on `t` (an f32 tensor on flex, kernels on).
+/// Whether the fused kernels would run on `t`: an f32 tensor on flex or on a cube device
+/// (wgpu, CUDA), kernels on.
 pub fn fused_for<const D: usize>(t: &Tensor<D>) -> bool {
-    prim(t).is_some()
+    prim(t).is_some() || gpu::prim(t).is_some()
 }
 
 /// All primitives of one call, when every one is on flex and they agree on autodiff.

@@ -32,7 +32,7 @@ pub struct AdamWStep {
 }
 
 fn is_flex_f32(t: &Tensor<1>) -> bool {
-    enabled() && t.clone().try_into_primitive::<Flex>().is_ok_and(|p| p.dtype() == DType::F32)
+    enabled() && !super::gpu::on_cube(t) && t.clone().try_into_primitive::<Flex>().is_ok_and(|p| p.dtype() == DType::F32)
 }
 
 /// An owned contiguous buffer with the values of `t`, reusing its storage when nothing else holds it.
@@ -58,6 +58,10 @@ pub fn adamw_update(
     mv: Option<(Tensor<1>, Tensor<1>)>,
     h: AdamWStep,
 ) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>), AdamWInputs> {
+    let (p, g, mv) = match super::gpu::optim::adamw_update(p, g, mv, h) {
+        Ok(out) => return Ok(out),
+        Err(inputs) => inputs,
+    };
     let n = p.dims()[0];
     let ok = is_flex_f32(&p) && is_flex_f32(&g) && mv.as_ref().is_none_or(|(m, v)| is_flex_f32(m) && is_flex_f32(v));
     if !ok || g.dims()[0] != n {

@@ -8,8 +8,9 @@
 //!   the packed bytes, so decoding reads 4–16 bits per weight instead of 32.
 //!
 //! The backward pass gives `x` its gradient, `dx = dy · W`, tile by tile; `W` is frozen and takes
-//! none. Off flex (wgpu, CUDA, or with fused kernels off) the weight is dequantised whole and
-//! multiplied with burn's ops, so every backend computes the same function.
+//! none. On a cube device (wgpu, CUDA) the block formats run on `gpu/qlinear.rs`; otherwise
+//! (16-bit float weights on a GPU, or with fused kernels off) the weight is dequantised whole
+//! and multiplied with burn's ops, so every backend computes the same function.
 
 use std::sync::Arc;
 
@@ -50,6 +51,10 @@ pub fn packed_matmul<const D: usize>(x: Tensor<D>, w: &Arc<PackedMatrix>) -> Ten
     }
     let mut out_dims = dims;
     out_dims[D - 1] = dout;
+    let x = match super::gpu::qlinear::packed_matmul(x, w) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let Some(px) = prim(&x) else {
         // Composite: the whole weight as a tensor on x's device.
         let h = w.to_host();

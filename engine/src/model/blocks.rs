@@ -226,10 +226,7 @@ impl Attention {
         // In bf16/f16 both products take rounded operands and give rounded results (as
         // autocast's matmuls do); the softmax runs in f32. Grouped key/value heads are shared by
         // `h / kvh` query heads each.
-        use kernels::precision::round;
-        let scores = kernels::attention::head_matmul(q, k, true);
-        let p = round(kernels::attention::softmax_scores(scores, scale, mask));
-        let out = kernels::attention::head_matmul(p, v, false).swap_dims(1, 2).reshape([b, t, h * dh]);
+        let out = kernels::attention::attend(q, k, v, scale, mask).swap_dims(1, 2).reshape([b, t, h * dh]);
         self.o.forward(out)
     }
 }

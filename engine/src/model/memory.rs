@@ -196,8 +196,14 @@ pub fn lora_params(cfg: &ModelConfig, l: &LoraConfig) -> Result<usize> {
     Ok(per_layer.saturating_mul(cfg.num_layers))
 }
 
-/// Memory the device can give a job, if known: available RAM for the CPU.
+/// Memory the device can give a job, if known: available RAM for the CPU; for a GPU, its
+/// capacity less what its allocator holds already (another model loaded in this process).
 pub fn available_memory(device: &Device) -> Option<usize> {
+    if crate::device::is_gpu(device) {
+        let cap = crate::device::gpu_capacity(device)?;
+        let held = crate::device::gpu_memory_in_use(device).unwrap_or(0);
+        return usize::try_from(cap.saturating_sub(held)).ok();
+    }
     if *device != Device::flex() {
         return None;
     }

@@ -25,6 +25,10 @@ pub struct StepRecord {
     pub tokens_seen: usize,
     pub tokens_per_second: f64,
     pub elapsed_seconds: f64,
+    /// On a GPU: the bytes its allocator holds after the step (tensors and pages kept for
+    /// reuse), for the status bar and the run's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_bytes: Option<u64>,
     /// Method-specific metrics by their usual names (e.g. `rewards/margins`, `kl`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "metrics_or_nan")]
     pub metrics: BTreeMap<String, f64>,
@@ -61,6 +65,9 @@ pub enum JobEvent {
         /// The device the job runs on, as the user would name it (`cpu`, `wgpu:0`).
         #[serde(default)]
         device: String,
+        /// A GPU's memory capacity, as its runtime reports it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_capacity_bytes: Option<u64>,
     },
     Step(StepRecord),
     Eval(EvalRecord),

@@ -163,6 +163,7 @@ mod tests {
 
     fn step(step: usize, loss: f64, metrics: &[(&str, f64)]) -> StepRecord {
         StepRecord {
+            device_memory_bytes: None,
             step,
             epoch: 0,
             loss,

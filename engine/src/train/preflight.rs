@@ -102,8 +102,9 @@ pub fn check(spec: &JobSpec, memory: &MemoryEstimate, device: &Device) -> Result
     let Some(avail) = available_memory(device) else { return Ok(()) };
     if memory.total_bytes > avail {
         let lora = if spec.lora.is_none() { ", or use LoRA" } else { "" };
+        let where_ = if crate::device::is_gpu(device) { "GPU memory is free" } else { "of RAM is available" };
         bail!(
-            "this {} job needs about {:.2} GB ({}), but only {:.2} GB is available; lower train.batch_size (raise train.grad_accum to keep the same effective batch) or train.max_seq_len{lora}",
+            "this {} job needs about {:.2} GB ({}), but only {:.2} GB {where_}; lower train.batch_size (raise train.grad_accum to keep the same effective batch) or train.max_seq_len{lora}",
             spec.method.name(),
             memory.total_bytes as f64 / 1e9,
             memory.describe(),

@@ -122,6 +122,44 @@ fn build(method: Method, s: Setup) -> Result<Box<dyn Trainer>> {
     })
 }
 
+/// The text of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".into())
+}
+
+/// Whether an error or panic text is a device running out of memory: cubecl's allocation
+/// errors ("out of device memory allocating N bytes", "An out-of-memory error happened
+/// during launch") and the drivers' own ("OutOfMemory", "out of memory").
+pub fn is_out_of_memory(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("out of device memory") || t.contains("out-of-memory") || t.contains("outofmemory") || t.contains("out of memory")
+}
+
+/// What to tell the user when step `step` ran `device` out of memory: its capacity, what to
+/// lower, and the last checkpoint, which is intact.
+pub fn oom_message(spec: &JobSpec, device_name: &str, device: &Device, step: usize, run_dir: &std::path::Path) -> String {
+    let t = &spec.train;
+    let cap = crate::device::gpu_capacity(device).map(|b| format!(", {}", crate::device::fmt_gb(b))).unwrap_or_default();
+    let mut lower = vec![format!("train.batch_size (now {}; raise train.grad_accum to keep the same effective batch)", t.batch_size)];
+    lower.push(format!("train.max_seq_len (now {})", t.max_seq_len));
+    if !t.gradient_checkpointing {
+        lower.push("or set train.gradient_checkpointing = true".into());
+    }
+    if t.precision == Precision::F32 && !device_name.starts_with("cpu") {
+        lower.push("or use train.precision = \"f16\"".into());
+    }
+    if spec.lora.is_none() {
+        lower.push("or train LoRA adapters instead of every weight".into());
+    }
+    let kept = latest_checkpoint(run_dir).map(|p| p.display().to_string()).unwrap_or_else(|| "none yet".into());
+    format!(
+        "{} ran out of memory at step {step} ({}{cap}); lower {}. The last checkpoint is intact: {kept}",
+        spec.method.name(),
+        crate::device::device_label(device_name),
+        lower.join(", ")
+    )
+}
+
 fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSink) -> Result<()> {
     spec.validate()?;
     let device_name = opts.device.clone().unwrap_or_else(|| spec.device.clone());
@@ -187,6 +225,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         eval_examples: eval_idx.len(),
         memory: memory.clone(),
         device: crate::device::device_label(&device_name),
+        device_capacity_bytes: crate::device::gpu_capacity(&device),
     });
 
     // Mixed precision: the job's precision around every step, and f16's dynamic loss scale.
@@ -208,7 +247,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
     let mut status = RunStatus::Finished;
     let dropout = spec.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
     let keep = tc.checkpoint_keep;
-    let result = (|| -> Result<()> {
+    let loop_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
         while state.step < total_steps {
             if cancel.load(Ordering::SeqCst) {
                 status = RunStatus::Cancelled;
@@ -265,6 +304,7 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
                 tokens_seen: state.tokens_seen,
                 tokens_per_second: out.tokens as f64 / dt.max(1e-9),
                 elapsed_seconds: state.elapsed_seconds,
+                device_memory_bytes: crate::device::gpu_memory_in_use(&device),
                 metrics: out.metrics,
             };
             sink.emit(JobEvent::Step(rec.clone()));
@@ -314,7 +354,23 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
             }
         }
         Ok(())
-    })();
+    }));
+    // A step that ran the device out of memory (the GPU runtime panics or errs when an
+    // allocation fails) ends the job with what to lower; the checkpoints already written stay.
+    let result = match loop_result {
+        Ok(r) => r.map_err(|e| match is_out_of_memory(&format!("{e:#}")) {
+            true => anyhow!(oom_message(&spec, &device_name, &device, state.step + 1, &run.dir)),
+            false => e,
+        }),
+        Err(panic) => {
+            let text = panic_text(&*panic);
+            if is_out_of_memory(&text) {
+                Err(anyhow!(oom_message(&spec, &device_name, &device, state.step + 1, &run.dir)))
+            } else {
+                Err(anyhow!("internal error at step {}: {text}", state.step + 1))
+            }
+        }
+    };
     let failure = result.as_ref().err().map(|e| format!("{e:#}"));
     if failure.is_some() {
         status = RunStatus::Failed;
@@ -359,4 +415,52 @@ fn run(spec: JobSpec, opts: RunOptions, cancel: &AtomicBool, sink: &mut EventSin
         sink.emit(JobEvent::Finished { step: state.step, run_dir: run.dir.clone() });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cubecl's own allocation errors, as the GPU runtime formats them, read as running out of
+    /// memory; other failures do not.
+    #[test]
+    fn device_allocation_failures_read_as_out_of_memory() {
+        use cubecl::server::{IoError, LaunchError};
+        let io = IoError::OutOfMemory { size: 3 << 30, backtrace: Default::default() };
+        let launch = LaunchError::OutOfMemory { reason: "buffer".into(), backtrace: Default::default() };
+        assert!(is_out_of_memory(&io.to_string()), "{io}");
+        assert!(is_out_of_memory(&format!("called `Result::unwrap()` on an `Err` value: {launch}")), "{launch}");
+        assert!(is_out_of_memory("Vulkan: ERROR_OUT_OF_DEVICE_MEMORY") || is_out_of_memory("wgpu: OutOfMemory"));
+        assert!(!is_out_of_memory("index out of bounds: the len is 3 but the index is 7"));
+        assert!(!is_out_of_memory("loss became NaN at step 4"));
+    }
+
+    /// The message says where, what to lower (with the job's values) and which checkpoint is
+    /// kept.
+    #[test]
+    fn the_out_of_memory_message_says_what_to_lower() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("run");
+        // One complete checkpoint (step 4) and an incomplete one (step 5, no state.json).
+        let kept = crate::runs::folder::checkpoint_dir(&run_dir, 4);
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::write(kept.join("state.json"), "{}").unwrap();
+        std::fs::create_dir_all(crate::runs::folder::checkpoint_dir(&run_dir, 5)).unwrap();
+        let spec = JobSpec::from_toml(
+            "method = \"sft\"\nmodel = \"m\"\n[dataset]\npath = \"d.jsonl\"\n[train]\nbatch_size = 8\nmax_seq_len = 1024\n",
+        )
+        .unwrap();
+        let m = oom_message(&spec, "wgpu:1", &Device::flex(), 5, &run_dir);
+        for part in [
+            "sft ran out of memory at step 5 (wgpu:1)",
+            "train.batch_size (now 8",
+            "train.max_seq_len (now 1024)",
+            "gradient_checkpointing",
+            "f16",
+            "LoRA",
+        ] {
+            assert!(m.contains(part), "{part:?} missing from: {m}");
+        }
+        assert!(m.ends_with(&format!("The last checkpoint is intact: {}", kept.display())), "{m}");
+    }
 }

@@ -40,6 +40,8 @@ pub struct RunningJob {
     pub state: JobState,
     pub started: Instant,
     pub memory: String,
+    /// A GPU's capacity (from the `Started` event).
+    pub device_capacity: Option<u64>,
     /// A checkpoint was written, so a stopped run can resume from it.
     pub checkpointed: bool,
 }
@@ -59,6 +61,7 @@ impl RunningJob {
             state: JobState::Running,
             started: Instant::now(),
             memory: String::new(),
+            device_capacity: None,
             checkpointed: false,
         }
     }
@@ -69,12 +72,13 @@ impl RunningJob {
 
     fn apply(&mut self, e: JobEvent) {
         match e {
-            JobEvent::Started { run_dir, total_steps, start_step, memory, device, .. } => {
+            JobEvent::Started { run_dir, total_steps, start_step, memory, device, device_capacity_bytes, .. } => {
                 self.run_dir = Some(run_dir);
                 self.total_steps = total_steps;
                 self.start_step = start_step;
                 self.memory = memory.describe();
                 self.device = device;
+                self.device_capacity = device_capacity_bytes;
             }
             JobEvent::Step(s) => self.steps.push(s),
             JobEvent::Eval(e) => self.evals.push(e),

@@ -98,6 +98,23 @@ pub fn ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             if let Some(m) = remove {
                 app.settings.models.retain(|x| x != &m);
             }
+            // What each device can hold, beside the models' memory figures.
+            ui.add_space(12.0);
+            ui.strong(t("Devices"));
+            if !app.train_ui.devices_asked {
+                app.train_ui.devices_asked = true;
+                app.model(ModelCmd::ListDevices);
+            }
+            match &app.train_ui.devices {
+                Some(list) => {
+                    for d in list {
+                        ui.label(d.label());
+                    }
+                }
+                None => {
+                    ui.weak(t("Looking for devices…"));
+                }
+            }
         });
         ui.separator();
         ui.vertical(|ui| {

@@ -129,7 +129,7 @@ pub struct TrainUi {
     asked: Option<JobSpec>,
     /// Devices this build can use, listed once by the model thread.
     pub devices: Option<Vec<DeviceInfo>>,
-    devices_asked: bool,
+    pub(crate) devices_asked: bool,
     /// `<workspace>/suites/*.toml`, listed by the data thread.
     pub suites: Vec<PathBuf>,
 }
@@ -508,7 +508,7 @@ fn advanced(u: &mut TrainUi, ui: &mut egui::Ui) {
             egui::ComboBox::from_label(t("Device")).selected_text(d.device.clone()).show_ui(ui, |ui| match &u.devices {
                 Some(list) => {
                     for dev in list {
-                        ui.selectable_value(&mut d.device, dev.name.clone(), format!("{} ({})", dev.name, dev.description));
+                        ui.selectable_value(&mut d.device, dev.name.clone(), dev.label());
                     }
                 }
                 None => {
