@@ -341,7 +341,12 @@ max_seq_len = 8192
     }
     let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
     // f16 (operands and results rounded to f16, f32 accumulation, loss scaling) tracks the
-    // CPU's f16 run over ten SFT steps.
+    // CPU's f16 run over ten SFT steps. The two devices sum in different orders (the CPU's
+    // flex kernels, the GPU's own), so a product can round to the neighbouring f16 value on one
+    // of them; at lr 1e-2 such a difference about doubles each step: measured 2e-7 relative at
+    // step 1, 1.3e-3 at step 9, 2.6e-3 at step 10. The bound, 5e-3, is ten of f16's rounding
+    // units (2⁻¹¹ relative each); a wrong rounding shows at step 1, which each method's f16
+    // step below holds to 1e-3.
     {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
@@ -355,7 +360,7 @@ max_seq_len = 8192
         let (c, g) = (ten("cpu"), ten("wgpu"));
         assert_eq!(c.len(), 10);
         for (a, b) in c.iter().zip(&g) {
-            assert!(rel(a.loss, b.loss) < 2e-3, "f16 sft step {}: loss {} on the CPU, {} on wgpu", a.step, a.loss, b.loss);
+            assert!(rel(a.loss, b.loss) < 5e-3, "f16 sft step {}: loss {} on the CPU, {} on wgpu", a.step, a.loss, b.loss);
             assert_eq!(a.metrics.get("skipped_step"), b.metrics.get("skipped_step"), "f16 sft step {}", a.step);
         }
         let worst = c.iter().zip(&g).map(|(a, b)| rel(a.loss, b.loss)).fold(0f64, f64::max);

@@ -47,15 +47,61 @@ fn cube_device(device: &Device) -> Option<burn::backend::CubeDevice> {
     }
 }
 
+/// RAM available now (Linux: `MemAvailable`), what a CPU job can use.
+pub fn available_ram() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
 /// Whether `device` is a GPU (any cubecl runtime: wgpu, CUDA), with or without autodiff.
 pub fn is_gpu(device: &Device) -> bool {
     cube_device(device).is_some()
 }
 
-/// The memory capacity of a GPU device, as its runtime reports it; `None` for the CPU or a
-/// runtime without a figure.
+/// The memory capacity of a GPU device, as its runtime reports it, or else (wgpu compiling to
+/// WGSL reports none) the largest device-local heap that Vulkan reports for the adapter of that
+/// name; `None` for the CPU, or where neither has a figure.
 pub fn gpu_capacity(device: &Device) -> Option<u64> {
-    cube_device(device)?.client().properties().memory.max_memory()
+    let client = cube_device(device)?.client();
+    let props = client.properties();
+    props.memory.max_memory().or_else(|| {
+        let name = &props.identity.name;
+        vulkan_heaps().iter().find(|(n, _)| n == name).map(|&(_, bytes)| bytes)
+    })
+}
+
+/// Each Vulkan physical device's name and its largest device-local memory heap, read once
+/// (empty without a Vulkan loader or driver).
+fn vulkan_heaps() -> &'static [(String, u64)] {
+    static HEAPS: std::sync::OnceLock<Vec<(String, u64)>> = std::sync::OnceLock::new();
+    HEAPS.get_or_init(|| read_vulkan_heaps().unwrap_or_default())
+}
+
+fn read_vulkan_heaps() -> Option<Vec<(String, u64)>> {
+    use ash::vk;
+    // SAFETY: loading the system's Vulkan loader, as wgpu does; every handle made here is
+    // destroyed before returning, and nothing else uses them.
+    unsafe {
+        let entry = ash::Entry::load().ok()?;
+        let app = vk::ApplicationInfo::default().api_version(vk::make_api_version(0, 1, 0, 0));
+        let info = vk::InstanceCreateInfo::default().application_info(&app);
+        let instance = entry.create_instance(&info, None).ok()?;
+        let mut out = Vec::new();
+        for pd in instance.enumerate_physical_devices().unwrap_or_default() {
+            let props = instance.get_physical_device_properties(pd);
+            let Ok(name) = props.device_name_as_c_str() else { continue };
+            let mem = instance.get_physical_device_memory_properties(pd);
+            let largest =
+                mem.memory_heaps_as_slice().iter().filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL)).map(|h| h.size).max();
+            if let Some(size) = largest.filter(|&s| s > 0) {
+                out.push((name.to_string_lossy().into_owned(), size));
+            }
+        }
+        instance.destroy_instance(None);
+        Some(out)
+    }
 }
 
 /// Bytes the GPU's allocator holds now (live tensors plus pages kept for reuse); `None` for
@@ -121,7 +167,7 @@ pub fn list_devices() -> Vec<DeviceInfo> {
         name: "cpu".into(),
         backend: "flex".into(),
         description: format!("CPU, {} threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        memory_bytes: crate::model::memory::available_memory(&Device::flex()).map(|b| b as u64),
+        memory_bytes: available_ram(),
     }];
     for (i, d) in Device::enumerate(DeviceType::Wgpu).into_vec().into_iter().enumerate() {
         let description = d.identity().map(|id| id.name).unwrap_or_else(|| format!("{d:?}"));

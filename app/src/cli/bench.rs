@@ -297,6 +297,10 @@ fn bench_train(a: TrainArgs) -> Result<()> {
     };
     let gflops = per_token * cfg.num_params() as f64 * tps / 1e9;
     let peak = peak_rss_bytes();
+    // On a GPU: what its allocator holds after the steps (pools keep their pages, so about the
+    // step's peak).
+    let gpu_held = whetstone_engine::device::gpu_memory_in_use(&device);
+    let gpu_capacity = whetstone_engine::device::gpu_capacity(&device);
     let mode = if lora.is_some() { "lora" } else { "full" };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if a.json {
@@ -307,7 +311,8 @@ fn bench_train(a: TrainArgs) -> Result<()> {
                 "threads": threads, "batch": a.batch, "seq": a.seq, "trainable_parameters": trainable,
                 "parameters": cfg.num_params(), "resident_weight_bytes": resident, "gradient_checkpointing": a.gradient_checkpointing,
                 "steps": a.steps, "load_seconds": load_s, "step_seconds": step_s, "tokens_per_second": tps, "gflops": gflops,
-                "peak_rss_bytes": peak, "estimated_bytes": estimate.total_bytes, "estimate": estimate})
+                "peak_rss_bytes": peak, "device_memory_bytes": gpu_held, "device_capacity_bytes": gpu_capacity,
+                "estimated_bytes": estimate.total_bytes, "estimate": estimate})
         );
     } else {
         let gb = |b: usize| b as f64 / 1e9;
@@ -333,6 +338,10 @@ fn bench_train(a: TrainArgs) -> Result<()> {
             estimate.describe(),
             peak.map(|p| format!("{:.2} GB", gb(p))).unwrap_or_else(|| "unknown".into())
         );
+        if let Some(held) = gpu_held {
+            let of = gpu_capacity.map(|c| format!(" of {:.2} GB", c as f64 / 1e9)).unwrap_or_default();
+            println!("GPU memory  {:.2} GB held by the allocator{of}", held as f64 / 1e9);
+        }
     }
     Ok(())
 }

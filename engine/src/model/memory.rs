@@ -207,8 +207,5 @@ pub fn available_memory(device: &Device) -> Option<usize> {
     if *device != Device::flex() {
         return None;
     }
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    usize::try_from(crate::device::available_ram()?).ok()
 }

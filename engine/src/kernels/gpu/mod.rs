@@ -169,17 +169,18 @@ pub(crate) fn per_row(client: &cubecl::client::Client, rows: usize) -> (CubeCoun
     (CubeCountSelection::new(client, rows).cube_count(), CubeDim::new_1d(units), units as usize)
 }
 
-/// Sum of `v` over the units of a workgroup, through `shared` (one slot per unit; the unit
-/// count a power of two). Every unit gets the total.
+/// Sum (or, with `max`, maximum) of `v` over the units of a workgroup, as a tree through
+/// `shared` (one slot per unit; the unit count a power of two). Every unit gets the result.
 #[cube]
-pub(crate) fn block_sum(shared: &mut Shared<[f32]>, v: f32) -> f32 {
+fn block_reduce(shared: &mut Shared<[f32]>, v: f32, #[comptime] max: bool) -> f32 {
     shared[UNIT_POS as usize] = v;
     sync_cube();
     let mut active = CUBE_DIM / 2;
     while active > 0 {
         if UNIT_POS < active {
             let other = shared[(UNIT_POS + active) as usize];
-            shared[UNIT_POS as usize] += other;
+            let mine = shared[UNIT_POS as usize];
+            shared[UNIT_POS as usize] = if max { select(other > mine, other, mine) } else { mine + other };
         }
         sync_cube();
         active /= 2;
@@ -189,22 +190,14 @@ pub(crate) fn block_sum(shared: &mut Shared<[f32]>, v: f32) -> f32 {
     total
 }
 
-/// Maximum of `v` over the units of a workgroup, as [`block_sum`].
+/// Sum of `v` over the units of a workgroup ([`block_reduce`]).
+#[cube]
+pub(crate) fn block_sum(shared: &mut Shared<[f32]>, v: f32) -> f32 {
+    block_reduce(shared, v, false)
+}
+
+/// Maximum of `v` over the units of a workgroup ([`block_reduce`]).
 #[cube]
 pub(crate) fn block_max(shared: &mut Shared<[f32]>, v: f32) -> f32 {
-    shared[UNIT_POS as usize] = v;
-    sync_cube();
-    let mut active = CUBE_DIM / 2;
-    while active > 0 {
-        if UNIT_POS < active {
-            let other = shared[(UNIT_POS + active) as usize];
-            let mine = shared[UNIT_POS as usize];
-            shared[UNIT_POS as usize] = select(other > mine, other, mine);
-        }
-        sync_cube();
-        active /= 2;
-    }
-    let total = shared[0];
-    sync_cube();
-    total
+    block_reduce(shared, v, true)
 }
