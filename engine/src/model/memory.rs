@@ -197,11 +197,12 @@ pub fn lora_params(cfg: &ModelConfig, l: &LoraConfig) -> Result<usize> {
 }
 
 /// Memory the device can give a job, if known: available RAM for the CPU; for a GPU, its
-/// capacity less what its allocator holds already (another model loaded in this process).
+/// capacity less what live tensors take already (another model loaded in this process). Pages
+/// its allocator keeps for reuse count as free: the new job reuses them.
 pub fn available_memory(device: &Device) -> Option<usize> {
     if crate::device::is_gpu(device) {
         let cap = crate::device::gpu_capacity(device)?;
-        let held = crate::device::gpu_memory_in_use(device).unwrap_or(0);
+        let held = device.memory_pool_usage().map_or(0, |u| u.bytes_in_use);
         return usize::try_from(cap.saturating_sub(held)).ok();
     }
     if *device != Device::flex() {
